@@ -1,0 +1,83 @@
+"""AdamW, exactly as torch.optim.AdamW computes it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .kernels import adamw_update
+from .optimizer import Optimizer, check_range
+
+
+class AdamW(Optimizer):
+    r"""AdamW (Loshchilov & Hutter), the update of ``torch.optim.AdamW``.
+
+    .. code-block:: text
+
+        for each parameter p with gradient g (g <- -g if maximize), its own step t <- t + 1:
+            p   <- p * (1 - lr * weight_decay)
+            m   <- beta1 * m + (1 - beta1) * g
+            v   <- beta2 * v + (1 - beta2) * g^2
+            v'  <- max(v', v) if amsgrad else v
+            p   <- p - lr / (1 - beta1^t) * m / (sqrt(v') / sqrt(1 - beta2^t) + eps)
+
+    Every hyperparameter can be overridden per parameter group and is read at each step.  A
+    parameter without a gradient is skipped: no decay, no state, no step count.  (Upstream grilly
+    read only the constructor's values and counted steps globally.)
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, use_gpu=True, device=None):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        amsgrad=amsgrad, maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults, use_gpu=use_gpu, device=device)
+
+    @property
+    def state_buffers(self):
+        amsgrad = any(g["amsgrad"] for g in self.param_groups)
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+
+    def _validate_group(self, group):
+        check_range("lr", group["lr"], 0, label="learning rate")
+        check_range("eps", group["eps"], 0, label="epsilon value")
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"Invalid betas: {betas} (expected a pair)")
+        for k, b in enumerate(betas):
+            check_range("beta", b, 0, 1, high_open=True, label=f"beta parameter at index {k}")
+        check_range("weight_decay", group["weight_decay"], 0, label="weight_decay value")
+
+    def _add_group(self, group, rebind):
+        had_amsgrad = any(g["amsgrad"] for g in self.param_groups)
+        super()._add_group(group, rebind)
+        if rebind and not had_amsgrad and self.param_groups[-1]["amsgrad"]:
+            self._rebind()   # a new state buffer appeared
+
+    def _rebind(self):
+        super()._rebind()
+        amsgrad = "max_exp_avg_sq" in self.state_buffers
+        names = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq" if amsgrad else "exp_avg_sq")
+        self._program = self._backend.program([(adamw_update, names)])
+
+    def _step(self, grads):
+        table = self._program.tables[0]
+        for i in grads:
+            group = self.param_groups[self._group_of[i]]
+            st = self._begin_state(i)
+            st["step"] += 1
+            t = st["step"]
+            beta1, beta2 = group["betas"]
+            lr = group["lr"]
+            table[i] = (1 - lr * group["weight_decay"], 1 - beta1, beta2, 1 - beta2, group["eps"],
+                        -lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t),
+                        bool(group["amsgrad"]), bool(group["maximize"]))
+        self._backend.run(self._program, grads)
+
+    def _begin_state(self, i):
+        st = self.state.get(i)
+        if st is None:
+            st = self.state[i] = {"step": 0}
+            for name in self._backend.buffers:   # state may remain from a load or an earlier layout
+                self._backend.write(name, i, 0.0)
+        return st

@@ -1,0 +1,120 @@
+"""The NumPy backend: runs each kernel's NumPy twin, parameter by parameter, in cache-sized chunks.
+
+The interface (shared with the Vulkan backend):
+  bind(arrays, state_names)    lay out the parameters (one segment each) and their state buffers
+  read(name, i) / write(...)   copy one parameter's region of a buffer out / in
+  ctl_array(size)              the optimizer's small float32 control buffer (host-visible)
+  program(dispatches)          compile a list of (kernel, buffer names) into a Program; its
+                               ``tables[j]`` is dispatch j's per-segment scalar table, float32
+                               (n_segments, n_scalars), filled by the host before each run
+  run(program, grads, download) one submit: upload ``grads`` ({index: array}; None keeps the last
+                               ones and the active set), run every dispatch, copy parameters back
+                               when ``download``; returns the per-segment sums (float64
+                               (n_segments, n_sums)) of each summing kernel, in program order
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.core import CONTROL
+
+# 32K floats per buffer: five buffers of a chunk stay in L2, which beats whole-array passes.
+CHUNK = 1 << 15
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    def __init__(self):
+        self.buffers: tuple[str, ...] = ()
+        self._params: list[np.ndarray] = []
+        self._state: dict[str, list[np.ndarray]] = {}
+        self._ctl = np.zeros(0, np.float32)
+        self._grads: dict[int, np.ndarray] = {}
+
+    # -------------------------------------------------------------- layout and state
+    def bind(self, arrays, state_names):
+        old = {name: dict(enumerate(bufs)) for name, bufs in self._state.items()}
+        old_ids = {id(a): i for i, a in enumerate(self._params)}
+        self._params = list(arrays)
+        self.buffers = tuple(state_names)
+        self._state = {}
+        for name in self.buffers:
+            bufs = []
+            for a in self._params:
+                j = old_ids.get(id(a))
+                prev = old.get(name, {}).get(j) if j is not None else None
+                bufs.append(prev if prev is not None else np.zeros_like(a))
+            self._state[name] = bufs
+
+    def read(self, name, i):
+        return self._state[name][i].copy()
+
+    def write(self, name, i, values):
+        self._state[name][i][...] = values
+
+    def buffer(self, name, i):
+        """Live view of one parameter's state (the NumPy backend has nothing to copy)."""
+        return self._state[name][i]
+
+    def ctl_array(self, size):
+        if self._ctl.size != size:
+            self._ctl = np.zeros(size, np.float32)
+        return self._ctl
+
+    # -------------------------------------------------------------- running
+    def program(self, dispatches):
+        return Program(dispatches, len(self._params))
+
+    def run(self, program, grads=None, download=True):
+        if grads is not None:
+            self._grads = grads
+        results, last = [], None
+        for (kernel, names), table in zip(program.dispatches, program.tables):
+            if kernel.kind == CONTROL:
+                kernel.numpy(self._ctl, last, table)
+                continue
+            last = self._run_elementwise(kernel, names, table)
+            if kernel.sums:
+                results.append(last)
+        return results
+
+    def _arrays(self, name, i):
+        if name == "param":
+            return self._params[i]
+        if name == "grad":
+            return self._grads[i]
+        return self._state[name][i]
+
+    def _run_elementwise(self, kernel, names, table):
+        sums = np.zeros((len(self._params), len(kernel.sums)), np.float64)
+        extra = {"ctl": self._ctl} if kernel.ctl else {}
+        for i in sorted(self._grads):
+            arrays = [self._arrays(n, i) for n in names]
+            scalars = dict(zip(kernel.scalars, table[i]))
+            if kernel.ctl:
+                extra["segment"] = i
+            n = arrays[0].size
+            if n <= CHUNK or not all(a.flags.c_contiguous for a in arrays):
+                parts = [kernel.numpy(*arrays, **scalars, **extra)]
+            else:
+                flat = [a.reshape(-1) for a in arrays]
+                parts = [kernel.numpy(*[f[s:s + CHUNK] for f in flat], **scalars, **extra)
+                         for s in range(0, n, CHUNK)]
+            if kernel.sums:
+                sums[i] = np.sum(np.asarray(parts, np.float64), axis=0)
+        return sums
+
+    def close(self):
+        pass
+
+
+class Program:
+    """A list of (kernel, buffer names) dispatches with one scalar table each."""
+
+    def __init__(self, dispatches, n_segments):
+        self.dispatches = [(k, tuple(names) if names else k.buffers) for k, names in dispatches]
+        for k, names in self.dispatches:
+            if len(names) != len(k.buffers):
+                raise ValueError(f"kernel {k.name} takes buffers {k.buffers}, got {names}")
+        self.tables = [np.zeros((n_segments, len(k.scalars)), np.float32) for k, _ in self.dispatches]
