@@ -52,3 +52,9 @@ void write_partial(uint k, float value) {
 // The work row of this workgroup, and the loop over its elements (i: arena index, e: binding index).
 #define WORK_ROW uvec4 row = work[pc.wg_base + gl_WorkGroupID.x]; uint segment = row.x;
 #define FOR_EACH_ELEMENT(e) for (uint i_ = row.y + gl_LocalInvocationID.x, e = i_ - pc.elem_base; i_ < row.z; i_ += WG_SIZE, e += WG_SIZE)
+
+// The vec4 form, for kernels that bind their arenas as vec4[] (segments are 64-float aligned, so a
+// row starts on a vec4): q indexes vec4s; LIVE(q) masks the lanes before the end of the row.  Write
+// with mix(old, new, LIVE(q)) so lanes past the end keep their values.
+#define FOR_EACH_VEC4(q) for (uint q = (row.y - pc.elem_base) / 4 + gl_LocalInvocationID.x, end_ = row.z - pc.elem_base; q * 4 < end_; q += WG_SIZE)
+#define LIVE(q) lessThan(uvec4(q * 4) + uvec4(0, 1, 2, 3), uvec4(end_))
