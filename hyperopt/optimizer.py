@@ -20,9 +20,6 @@ import numpy as np
 
 from .backends import select_backend
 
-_REQUIRED = object()
-
-
 class _Required:
     def __repr__(self):
         return "<required>"
@@ -109,6 +106,19 @@ class Optimizer:
     def _validate_group(self, group: dict) -> None:
         """Raise ValueError for an out-of-range hyperparameter (override per optimizer)."""
 
+    def _revalidate(self) -> None:
+        """Check groups a schedule (or the user) changed since the last step, before anything moves."""
+        seen = getattr(self, "_validated", None)
+        snapshot = [[v for k, v in g.items() if k != "params"] for g in self.param_groups]
+        try:
+            same = snapshot == seen
+        except (TypeError, ValueError):   # e.g. an array-valued hyperparameter
+            same = False
+        if not same:
+            for group in self.param_groups:
+                self._validate_group(group)
+            self._validated = snapshot
+
     # ------------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params():
@@ -121,8 +131,7 @@ class Optimizer:
     def step(self, closure=None, gradients=None):
         """One optimization step; returns the closure's loss (None without a closure)."""
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            self._validate_group(group)
+        self._revalidate()
         grads = self._collect_gradients(gradients)
         self._step(grads)
         return loss
@@ -190,6 +199,12 @@ class Optimizer:
     def _load_group_extra(self, extra: list[dict]) -> None:
         pass
 
+    def group_sums(self, segment_sums: np.ndarray) -> np.ndarray:
+        """Per-group totals (float64) of per-parameter sums such as ``backend.run`` returns."""
+        out = np.zeros((len(self.param_groups),) + segment_sums.shape[1:], np.float64)
+        np.add.at(out, np.asarray(self._group_of), segment_sums)
+        return out
+
     def state_dict(self) -> dict:
         """A portable snapshot: parameters by index, arrays as NumPy copies, picklable."""
         groups, start = [], 0
@@ -250,7 +265,8 @@ class Optimizer:
 def _all_finite(a: np.ndarray) -> bool:
     # One pass: a non-finite element always makes the sum non-finite; a non-finite sum of finite
     # elements (overflow) is rare, so only then pay for the exact check.
-    s = np.add.reduce(a, axis=None)
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = np.add.reduce(a, axis=None)
     return bool(np.isfinite(s)) or bool(np.isfinite(a).all())
 
 

@@ -215,6 +215,8 @@ def _shutdown():
 class Buffer:
     """A storage buffer; ``host`` buffers are persistently mapped and expose a NumPy view."""
 
+    live = 0     # buffers allocated and not yet freed (the leak test watches this)
+
     def __init__(self, ctx: Context, nbytes: int, host: bool):
         self.ctx, self.nbytes = ctx, max(16, int(nbytes))
         usage = (vk.VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | vk.VK_BUFFER_USAGE_TRANSFER_SRC_BIT
@@ -229,6 +231,7 @@ class Buffer:
         self.memory = vk.vkAllocateMemory(ctx.device, vk.VkMemoryAllocateInfo(
             allocationSize=req.size, memoryTypeIndex=kind), None)
         vk.vkBindBufferMemory(ctx.device, self.buffer, self.memory, 0)
+        Buffer.live += 1
         self.view = None
         if host:
             raw = vk.vkMapMemory(ctx.device, self.memory, 0, self.nbytes, 0)
@@ -244,6 +247,7 @@ class Buffer:
             vk.vkDestroyBuffer(self.ctx.device, self.buffer, None)
             vk.vkFreeMemory(self.ctx.device, self.memory, None)
             self.buffer = None
+            Buffer.live -= 1
 
 
 # ============================================================================ the backend
