@@ -83,7 +83,7 @@ class Optimizer:
         seen = {id(p) for p in self.params()}
         for p in ps:
             a = _data(p)
-            if not np.issubdtype(a.dtype, np.floating):
+            if a.dtype.kind != "f":
                 raise TypeError(f"can only optimize floating-point arrays, got dtype {a.dtype}")
             if id(p) in seen:
                 raise ValueError("some parameters appear in more than one parameter group")
@@ -169,9 +169,9 @@ class Optimizer:
         grads = {}
         for i, g in raw.items():
             p = _data(params[i])
-            g = getattr(g, "data", g) if not isinstance(g, np.ndarray) else g
-            g = np.asarray(g)
-            if not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
+            if not isinstance(g, np.ndarray):
+                g = np.asarray(getattr(g, "data", g))
+            if g.dtype.kind not in "fiu":
                 raise TypeError(f"gradient of parameter {i} has dtype {g.dtype}, which cannot be cast to {p.dtype}")
             if g.shape != p.shape:
                 raise ValueError(f"gradient of parameter {i} has shape {g.shape}, expected {p.shape}")
@@ -266,8 +266,8 @@ def _all_finite(a: np.ndarray) -> bool:
     # One pass: a non-finite element always makes the sum non-finite; a non-finite sum of finite
     # elements (overflow) is rare, so only then pay for the exact check.
     with np.errstate(over="ignore", invalid="ignore"):
-        s = np.add.reduce(a, axis=None)
-    return bool(np.isfinite(s)) or bool(np.isfinite(a).all())
+        s = float(np.add.reduce(a, axis=None))
+    return math.isfinite(s) or bool(np.isfinite(a).all())
 
 
 def check_range(name: str, value, low=None, high=None, *, low_open=False, high_open=False, label=None):

@@ -310,6 +310,9 @@ class VulkanBackend:
         if self.ctx.staging:
             for name in ("param", "grad"):
                 self._staging[name] = self._host(total * 4)
+        self._slices = [slice(int(o), int(o + n)) for o, n in zip(self.offsets, sizes)]
+        self._grad_in = (self._staging.get("grad") or self._arenas["grad"]).floats()
+        self._param_out = (self._staging.get("param") or self._arenas["param"]).floats()
         self._active = None
         self.reload_params()
         # carry state of parameters that were bound before (matched by identity)
@@ -360,7 +363,7 @@ class VulkanBackend:
 
     # -------------------------------------------------------------- host <-> device
     def _region(self, i):
-        return slice(int(self.offsets[i]), int(self.offsets[i] + self.sizes[i]))
+        return self._slices[i]
 
     def _copy(self, src: Buffer, dst: Buffer, region: slice | None = None):
         start = 0 if region is None else region.start * 4
@@ -424,16 +427,17 @@ class VulkanBackend:
             self._upload(grads)
         program.launch(upload=grads is not None and self.ctx.staging, download=download and self.ctx.staging)
         if download:
-            view = (self._staging.get("param") or self._arenas["param"]).floats()
+            view, slices, params = self._param_out, self._slices, self._params
             for i in self._active_list:
-                self._params[i][...] = view[self._region(i)].reshape(self._params[i].shape)
+                p = params[i]
+                p[...] = view[slices[i]].reshape(p.shape)
         return [buf.floats()[: len(self._params) * n].reshape(-1, n).astype(np.float64)
                 for buf, n in program.sum_outputs]
 
     def _upload(self, grads):
-        view = (self._staging.get("grad") or self._arenas["grad"]).floats()
+        view, slices = self._grad_in, self._slices
         for i, g in grads.items():
-            view[self._region(i)] = g.reshape(-1)
+            view[slices[i]] = g.reshape(-1)
         active = frozenset(grads)
         if active != self._active:
             self._active, self._active_list = active, sorted(active)

@@ -1,7 +1,7 @@
 """AdamW's per-element update; GLSL twin: shaders/adamw-update.glsl."""
 import numpy as np
 
-from .core import kernel
+from .core import kernel, scratch
 
 
 @kernel("adamw_update",
@@ -17,19 +17,23 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, decay, one
     ``bias_correction2_sqrt = sqrt(1 - beta2**t)``, t being the parameter's own step count.
     ``max_exp_avg_sq`` is only touched when ``amsgrad`` is set.
     """
-    g = -grad if maximize else grad
+    g = np.negative(grad, out=scratch(grad, 0)) if maximize else grad
     param *= decay
-    exp_avg += (g - exp_avg) * one_minus_beta1          # torch's lerp_(g, 1 - beta1)
+    tmp = np.subtract(g, exp_avg, out=scratch(grad, 1))      # torch's lerp_(g, 1 - beta1)
+    tmp *= one_minus_beta1
+    exp_avg += tmp
     exp_avg_sq *= beta2
-    exp_avg_sq += one_minus_beta2 * g * g
+    np.multiply(g, one_minus_beta2, out=tmp)
+    tmp *= g
+    exp_avg_sq += tmp
     if amsgrad:
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         second = max_exp_avg_sq
     else:
         second = exp_avg_sq
-    denom = np.sqrt(second)
+    denom = np.sqrt(second, out=tmp)
     denom /= bias_correction2_sqrt
     denom += eps
-    step = neg_step_size * exp_avg                      # torch's addcdiv_: p + (value * m) / denom
+    step = np.multiply(exp_avg, neg_step_size, out=scratch(grad, 2))   # torch's addcdiv_: p + (value*m)/denom
     step /= denom
     param += step

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 ELEMENTWISE = "elementwise"
 CONTROL = "control"
 
@@ -61,3 +63,18 @@ def kernel(name: str, *, kind: str = ELEMENTWISE, buffers=(), scalars=(), sums=(
         return k
 
     return register
+
+
+_scratch: dict[tuple, np.ndarray] = {}
+
+
+def scratch(like: np.ndarray, slot: int) -> np.ndarray:
+    """A reusable temporary shaped like ``like`` (twins run on cache-sized chunks, so reusing a
+    few buffers avoids an allocation, and its page faults, per operation)."""
+    key = (like.shape, like.dtype.str, slot)
+    buf = _scratch.get(key)
+    if buf is None:
+        if len(_scratch) > 64:
+            _scratch.clear()
+        buf = _scratch[key] = np.empty(like.shape, like.dtype)
+    return buf

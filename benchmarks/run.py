@@ -1,0 +1,227 @@
+"""CPU-versus-GPU step-time benchmark of every optimizer: NumPy path against Vulkan path.
+
+    python -m benchmarks.run                    # all optimizers, standard sizes, results/ (a few minutes)
+    python -m benchmarks.run --only AdamW --sizes 1e4 1e6 --device cpu
+
+Each cell is the median time of ``opt.step(gradients=...)`` over repeated steps after warm-up,
+Python included, on float32 parameters: one tensor of each size (1e4 ... 16e6 elements) and a mix of
+200 tensors (~5M elements, shaped like a small CNN).  The Vulkan device is a hardware GPU when there
+is one, else the CPU driver (lavapipe) so the shaders still run.  AdamW also gets torch CPU rows
+(``foreach`` and ``fused``) when torch is installed.  Writes results/benchmark.md, .csv and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import hyperopt
+from hyperopt import AdamW
+
+SIZES = [10_000, 100_000, 1_000_000, 4_000_000, 16_000_000]
+MIX = "mix200"
+
+
+def cnn_mix(n=200, seed=0):
+    """200 tensor shapes, ~5M elements: conv kernels with their bias and norm vectors, a few dense."""
+    rng = np.random.default_rng(seed)
+    shapes = []
+    while len(shapes) < n - 4:
+        c_in, c_out = (int(c) for c in rng.choice([16, 32, 64, 128], 2))
+        shapes += [(c_out, c_in, 3, 3), (c_out,), (c_out,), (c_out,)]
+    shapes = shapes[: n - 4] + [(2048, 512), (512,), (512, 1000), (1000,)]
+    return shapes
+
+
+def cases() -> dict:
+    """Optimizer name -> factory(params, use_gpu, device), from benchmarks/cases_*.py."""
+    out = {"AdamW": lambda params, use_gpu, device: AdamW(params, lr=1e-3, use_gpu=use_gpu, device=device)}
+    for path in sorted(Path(__file__).parent.glob("cases_*.py")):
+        out.update(importlib.import_module(f"benchmarks.{path.stem}").CASES)
+    return out
+
+
+def vulkan_device(requested: str | None):
+    """(selector, device name, driver) of the Vulkan device to benchmark, or None."""
+    try:
+        from hyperopt.backends import vulkan
+    except OSError:
+        return None
+    for selector in ([requested] if requested else ["gpu", "cpu"]):
+        try:
+            ctx = vulkan.context(selector)
+        except vulkan.VulkanUnavailable:
+            continue
+        v = ctx.props.driverVersion
+        return selector, ctx.name, f"api {ctx.props.apiVersion >> 22}.{(ctx.props.apiVersion >> 12) & 0x3FF}, driver 0x{v:x}"
+    return None
+
+
+def shapes_for(size):
+    return cnn_mix() if size == MIX else [(int(size),)]
+
+
+def time_steps(step, budget_s, min_reps=3, max_reps=200, warmup=2):
+    for _ in range(warmup):
+        step()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_optimizer(factory, shapes, use_gpu, device, budget_s):
+    rng = np.random.default_rng(0)
+    params = [(0.1 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
+    grads = [(0.01 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
+    opt = factory(params, use_gpu, device)
+    try:
+        return time_steps(lambda: opt.step(gradients=grads), budget_s), opt.backend
+    finally:
+        if hasattr(opt, "close"):
+            opt.close()
+
+
+def bench_torch(shapes, mode, budget_s):
+    import torch
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rng = np.random.default_rng(0)
+    params = [torch.tensor((0.1 * rng.standard_normal(s)).astype(np.float32), requires_grad=True) for s in shapes]
+    for p in params:
+        p.grad = torch.tensor((0.01 * rng.standard_normal(p.shape)).astype(np.float32))
+    opt = torch.optim.AdamW(params, lr=1e-3, **{mode: True})
+    return time_steps(opt.step, budget_s)
+
+
+def label(size):
+    """10_000 -> "1e4", 16_000_000 -> "16e6", the mix -> its description."""
+    if size == MIX:
+        return "200 tensors (5.4M)"
+    for e in range(15, 0, -1):
+        if size % 10 ** e == 0 and size // 10 ** e < 100:
+            return f"{size // 10 ** e}e{e}"
+    return str(size)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="optimizer names to run (default: all)")
+    ap.add_argument("--sizes", nargs="*", help="element counts, e.g. 1e4 1e6, and/or mix200")
+    ap.add_argument("--device", default=None, help="Vulkan device: gpu, cpu, any, index or name (default: gpu, else cpu)")
+    ap.add_argument("--budget", type=float, default=0.6, help="seconds of timed steps per cell (default 0.6)")
+    ap.add_argument("--out", default="results", help="output folder (default results/)")
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args(argv)
+
+    sizes = [MIX if s == MIX else int(float(s)) for s in args.sizes] if args.sizes else SIZES + [MIX]
+    all_cases = cases()
+    names = args.only or list(all_cases)
+    unknown = set(names) - set(all_cases)
+    if unknown:
+        ap.error(f"unknown optimizer(s) {sorted(unknown)}; known: {sorted(all_cases)}")
+    vk = vulkan_device(args.device)
+    torch_version = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch_version = torch.__version__
+        except ImportError:
+            pass
+
+    backends = [("numpy", False, None)] + ([("vulkan", True, vk[0])] if vk else [])
+    cells = [(n, b, s) for n in names for s in sizes for b in backends]
+    torch_cells = [(m, s) for m in ("foreach", "fused") for s in sizes] if torch_version and "AdamW" in names else []
+    total = len(cells) + len(torch_cells)
+    rows = []
+    for k, (name, (bname, use_gpu, device), size) in enumerate(cells, 1):
+        seconds, actual = bench_optimizer(all_cases[name], shapes_for(size), use_gpu, device, args.budget)
+        rows.append(dict(optimizer=name, backend=actual, size=label(size), ms=seconds * 1e3))
+        print(f"[{k:3d}/{total}] {name:24s} {actual[:40]:40s} {label(size):>20s} {seconds * 1e3:10.3f} ms", flush=True)
+    for k, (mode, size) in enumerate(torch_cells, len(cells) + 1):
+        seconds = bench_torch(shapes_for(size), mode, args.budget)
+        rows.append(dict(optimizer="AdamW", backend=f"torch-cpu {mode}", size=label(size), ms=seconds * 1e3))
+        print(f"[{k:3d}/{total}] {'AdamW':24s} {'torch-cpu ' + mode:40s} {label(size):>20s} {seconds * 1e3:10.3f} ms", flush=True)
+
+    stamp = [f"hyperopt {hyperopt.__version__}", f"numpy {np.__version__}", f"Python {platform.python_version()}",
+             f"CPU: {platform.processor() or platform.machine()}, {_cores()} cores",
+             f"Vulkan device: {vk[1]} ({vk[2]})" if vk else "Vulkan device: none"]
+    if torch_version:
+        stamp.append(f"torch {torch_version}")
+    write_results(rows, sizes, stamp, Path(args.out))
+
+
+def _cores():
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def write_results(rows, sizes, stamp, out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "benchmark.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["optimizer", "backend", "size", "ms"])
+        w.writeheader()
+        w.writerows(rows)
+    cols = [label(s) for s in sizes]
+    lines = ["Step time in milliseconds (median, Python included).", "", "- " + "\n- ".join(stamp), "",
+             "| optimizer | backend | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    keyed = {}
+    for r in rows:
+        keyed.setdefault((r["optimizer"], r["backend"]), {})[r["size"]] = r["ms"]
+    for (opt, backend), vals in keyed.items():
+        lines.append(f"| {opt} | {backend} | " + " | ".join(f"{vals[c]:.3f}" if c in vals else "" for c in cols) + " |")
+    text = "\n".join(lines) + "\n"
+    (out / "benchmark.md").write_text(text)
+    print("\n" + text)
+    try:
+        plot(keyed, cols, stamp, out / "benchmark.png")
+    except ImportError:
+        print("matplotlib not installed: no plot written", file=sys.stderr)
+
+
+def plot(keyed, cols, stamp, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    optimizers = list(dict.fromkeys(o for o, _ in keyed))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    x = np.arange(len(cols))
+    for opt in optimizers:
+        for (o, backend), vals in keyed.items():
+            if o != opt:
+                continue
+            style = "-" if backend == "numpy" else ("--" if backend.startswith("vulkan") else ":")
+            axes[0].plot(x, [vals.get(c, np.nan) for c in cols], style, marker="o", label=f"{opt} / {backend[:28]}")
+        numpy_vals = keyed.get((opt, "numpy"), {})
+        for (o, backend), vals in keyed.items():
+            if o == opt and backend.startswith("vulkan"):
+                axes[1].plot(x, [numpy_vals.get(c, np.nan) / vals.get(c, np.nan) for c in cols], marker="o", label=opt)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("ms per step")
+    axes[0].set_title("Step time: NumPy (solid), Vulkan (dashed), torch (dotted)")
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("NumPy time / Vulkan time")
+    axes[1].set_title("Speed-up of the Vulkan path over NumPy")
+    for ax in axes:
+        ax.set_xticks(x, cols, rotation=20)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("; ".join(stamp), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
