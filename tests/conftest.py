@@ -70,7 +70,7 @@ def rng():
 
 def pytest_runtest_logreport(report):
     global _vulkan_tests_passed
-    if report.when == "call" and report.passed and "[vulkan" in report.nodeid:
+    if report.when == "call" and report.passed and ("[vulkan" in report.nodeid or "test_vulkan_backend.py" in report.nodeid):
         _vulkan_tests_passed += 1
 
 

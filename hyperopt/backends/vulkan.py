@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import weakref
 from pathlib import Path
 
@@ -209,6 +210,8 @@ def _shutdown():
     for ctx in _contexts.values():
         ctx.destroy()
     _contexts.clear()
+    if validation_messages:    # e.g. objects still alive at device destruction
+        print("Vulkan validation messages at shutdown:\n" + "\n".join(validation_messages), file=sys.stderr)
 
 
 # ============================================================================ buffers
