@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from .kernels import adamw_update
 from .optimizer import Optimizer, check_range
@@ -63,16 +62,18 @@ class AdamW(Optimizer):
     def _step(self, grads):
         table = self._program.tables[0]
         for i in grads:
-            group = self.param_groups[self._group_of[i]]
             st = self._begin_state(i)
             st["step"] += 1
-            t = st["step"]
-            beta1, beta2 = group["betas"]
-            lr = group["lr"]
-            table[i] = (1 - lr * group["weight_decay"], 1 - beta1, beta2, 1 - beta2, group["eps"],
-                        -lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t),
-                        bool(group["amsgrad"]), bool(group["maximize"]))
+            table[i] = self._update_scalars(self.param_groups[self._group_of[i]], st["step"])
         self._backend.run(self._program, grads)
+
+    @staticmethod
+    def _update_scalars(group, t):
+        """The adamw_update table row of a parameter of ``group`` at its step ``t`` (derived in double)."""
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        return (1 - lr * group["weight_decay"], 1 - beta1, beta2, 1 - beta2, group["eps"],
+                -lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t), bool(group["amsgrad"]), bool(group["maximize"]))
 
     def _begin_state(self, i):
         st = self.state.get(i)

@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # benchmarks.tasks
 
+GOLDENS = Path(__file__).resolve().parent / "goldens"   # reference trajectories (see its README)
 DEVICE = os.environ.get("HYPEROPT_TEST_DEVICE", "cpu")
 REQUIRE = os.environ.get("HYPEROPT_REQUIRE_VULKAN") == "1"
 _vulkan_tests_passed = 0

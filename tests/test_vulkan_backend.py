@@ -174,8 +174,9 @@ def test_validation_layer_reports_invalid_usage():
     ctx = vulkan.context(DEVICE)
     vk = vulkan.vk
     try:
-        vk.vkCreateBuffer(ctx.device, vk.VkBufferCreateInfo(
+        buffer = vk.vkCreateBuffer(ctx.device, vk.VkBufferCreateInfo(
             size=0, usage=vk.VK_BUFFER_USAGE_STORAGE_BUFFER_BIT, sharingMode=vk.VK_SHARING_MODE_EXCLUSIVE), None)
+        vk.vkDestroyBuffer(ctx.device, buffer, None)     # lavapipe creates it anyway
     except Exception:
         pass
     assert any("VUID-VkBufferCreateInfo-size" in m for m in vulkan.validation_messages)

@@ -266,17 +266,13 @@ class VulkanBackend:
         self.buffers: tuple[str, ...] = ()
         self._arenas: dict[str, Buffer] = {}
         self._staging: dict[str, Buffer] = {}
-        self._small: list[Buffer] = []
-        self._programs: list[VulkanProgram] = []
+        # everything this backend allocated, shared with the finalizer (which must not hold the backend)
+        self._owned: dict[str, list] = {"buffers": [], "programs": []}
+        self._programs: list[VulkanProgram] = self._owned["programs"]
         self._params: list[np.ndarray] = []
-        self._ctl = Buffer(self.ctx, 16, host=True)
+        self._ctl = self._host(16)
         self._active = None
-        self._finalizer = weakref.finalize(self, _release, self._resources())
-
-    def _resources(self):
-        # a mutable record the finalizer can free without keeping the backend alive
-        self._res = {"buffers": [], "programs": [], "ctx": self.ctx}
-        return self._res
+        self._finalizer = weakref.finalize(self, _release, self._owned)
 
     # -------------------------------------------------------------- layout
     def bind(self, arrays, state_names):
@@ -309,7 +305,6 @@ class VulkanBackend:
         self._windows = self._plan_windows(total)
         for name in ("param", "grad") + self.buffers:
             self._arenas[name] = self._arena(total * 4)
-            self._res["buffers"].append(self._arenas[name])
         if self.ctx.staging:
             for name in ("param", "grad"):
                 self._staging[name] = self._host(total * 4)
@@ -345,24 +340,24 @@ class VulkanBackend:
 
     def _host(self, nbytes):
         b = Buffer(self.ctx, nbytes, host=True)
-        self._small.append(b)
-        self._res["buffers"].append(b)
+        self._owned["buffers"].append(b)
         return b
 
     def _arena(self, nbytes):
-        return Buffer(self.ctx, nbytes, host=not self.ctx.staging)
+        b = Buffer(self.ctx, nbytes, host=not self.ctx.staging)
+        self._owned["buffers"].append(b)
+        return b
 
     def _free_layout(self):
         for p in self._programs:
             p.free()
         self._programs.clear()
-        for b in list(self._arenas.values()) + list(self._staging.values()) + self._small:
-            b.free()
+        for b in self._owned["buffers"]:
+            if b is not self._ctl:
+                b.free()
+        self._owned["buffers"][:] = [self._ctl]
         self._arenas.clear()
         self._staging.clear()
-        self._small.clear()
-        self._res["buffers"] = [self._ctl]
-        self._res["programs"] = []
 
     # -------------------------------------------------------------- host <-> device
     def _region(self, i):
@@ -414,15 +409,14 @@ class VulkanBackend:
                 p.free()
             self._programs.clear()
             self._ctl.free()
-            self._ctl = Buffer(self.ctx, size * 4, host=True)
-            self._res["buffers"][0:0] = [self._ctl]
+            self._owned["buffers"].remove(self._ctl)
+            self._ctl = self._host(size * 4)
         return self._ctl.floats()[:size]
 
     # -------------------------------------------------------------- programs
     def program(self, dispatches):
         p = VulkanProgram(self, dispatches)
         self._programs.append(p)
-        self._res["programs"].append(p)
         return p
 
     def run(self, program, grads=None, download=True):

@@ -1,0 +1,106 @@
+"""HysteroGrad's kernels.  GLSL twins: shaders/natural-gradient.glsl, shaders/hysteresis-control.glsl,
+shaders/hysteresis-gate.glsl.
+
+One step is the program [natural_gradient, hysteresis_control, hysteresis_gate]:
+
+* ``natural_gradient`` (elementwise) updates the metric ``G`` and sums ``c**2`` per parameter, with
+  ``c = g / (G**metric_power + eps)``;
+* ``hysteresis_control`` (control) turns those sums into each group's norm, clip factor, internal
+  time, temperature, energy, barrier and Liquid/Frozen decision, kept in the control array;
+* ``hysteresis_gate`` (elementwise) applies ``p -= lr * k * c`` where the group is Liquid.  It
+  recomputes ``c`` from ``g`` and the updated ``G`` (the same operations, so the same value) rather
+  than storing it: one buffer less to write and read.
+
+The scalar logic runs in float32, as upstream keeps tau, T and E in float32 tensors.
+"""
+import numpy as np
+
+from .core import CONTROL, kernel
+
+# Control array: one record of CTL_STRIDE float32 per parameter group (the GLSL #defines the same).
+CTL_TAU, CTL_TEMP, CTL_ENERGY, CTL_NORM, CTL_BARRIER, CTL_LIQUID, CTL_CLIP, CTL_STARTED = range(8)
+CTL_STRIDE = 8
+
+_F32 = np.float32
+_CLIP_EPS = _F32(1e-6)       # upstream: grad_clip / (n + 1e-6)
+_ENERGY_EPS = _F32(1e-8)     # upstream: h * (E + 1e-8)
+
+
+def metric_root(metric, power):
+    """``G ** power``; 0.5 and 1.0 take the exact paths (sqrt, identity) so the default is bit-faithful."""
+    if power == 0.5:
+        return np.sqrt(metric)
+    if power == 1.0:
+        return metric.copy()
+    return np.power(metric, power)
+
+
+def precondition(grad, metric, eps, metric_power):
+    denom = metric_root(metric, metric_power)
+    denom += eps
+    return grad / denom
+
+
+@kernel("natural_gradient",
+        buffers=("grad", "metric"),
+        scalars=("beta", "metric_gain", "eps", "metric_power"),
+        sums=("sq_norm",))
+def natural_gradient(grad, metric, *, beta, metric_gain, eps, metric_power):
+    """``G <- beta*G + ((1-beta)*metric_scale)*g*g`` (``metric_gain`` derived on the host in double);
+    returns ``sum(c**2)`` with ``c = g / (G**metric_power + eps)``."""
+    t = metric_gain * grad
+    t *= grad
+    metric *= beta
+    metric += t
+    c = precondition(grad, metric, eps, metric_power)
+    np.square(c, out=c)
+    return (float(c.sum(dtype=np.float64)),)
+
+
+@kernel("hysteresis_control", kind=CONTROL,
+        scalars=("seg_begin", "seg_end", "has_grad", "lr", "clip", "cooling_rate", "beta", "one_minus_beta",
+                 "stiffening", "hysteresis_scale", "adaptive", "freeze_below", "thaw_above"))
+def hysteresis_control(ctl, sums, table):
+    """Per-group scalar logic.  Row ``g`` of the table describes group ``g`` (there are never more
+    groups than segments): its segment range, whether any of its parameters has a gradient this
+    step, and its hyperparameters.  ``clip`` 0 means no clipping.  The decision is a two-threshold
+    trigger on the barrier ``h``: a Liquid group stays Liquid while ``n > freeze_below*h``, a Frozen
+    group thaws once ``n > thaw_above*h``; with both at 1 it is upstream's single comparison."""
+    rec = ctl.reshape(-1, CTL_STRIDE)
+    for g, row in enumerate(table[: len(rec)]):
+        (begin, end, has_grad, lr, clip, cooling, beta, one_minus_beta, kappa, scale, adaptive,
+         freeze_below, thaw_above) = (_F32(v) for v in row)
+        if has_grad == 0:
+            continue
+        sq = _F32(0)
+        for s in range(int(begin), int(end)):
+            sq = _F32(sq + _F32(sums[s, 0]))
+        n = np.sqrt(sq)
+        k = min(_F32(1), clip / (n + _CLIP_EPS)) if clip > 0 else _F32(1)
+        n_eff = n * k
+        r = rec[g]
+        tau = r[CTL_TAU] + lr * n_eff
+        temp = r[CTL_TEMP] * cooling
+        energy = beta * r[CTL_ENERGY] + one_minus_beta * n_eff
+        h = kappa * np.sqrt(tau) * (_F32(1) - min(max(temp, _F32(0)), _F32(1))) * scale
+        if adaptive != 0:
+            h = h * (energy + _ENERGY_EPS)
+        threshold = (freeze_below if r[CTL_LIQUID] != 0 else thaw_above) * h
+        r[CTL_TAU], r[CTL_TEMP], r[CTL_ENERGY] = tau, temp, energy
+        r[CTL_NORM], r[CTL_BARRIER], r[CTL_CLIP] = n_eff, h, k
+        r[CTL_LIQUID] = 1.0 if n_eff > threshold else 0.0
+
+
+@kernel("hysteresis_gate",
+        buffers=("param", "grad", "metric"),
+        scalars=("lr", "eps", "metric_power", "ctl_base"),
+        ctl=True)
+def hysteresis_gate(param, grad, metric, *, lr, eps, metric_power, ctl_base, ctl, segment):
+    """``p <- p - (lr*k)*c`` if the parameter's group (record at ``ctl_base``) is Liquid, else nothing."""
+    base = int(ctl_base)
+    if ctl[base + CTL_LIQUID] == 0:
+        return None
+    c = precondition(grad, metric, eps, metric_power)
+    c *= lr * ctl[base + CTL_CLIP]
+    param -= c
+    return None

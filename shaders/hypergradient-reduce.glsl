@@ -1,0 +1,58 @@
+#version 450
+// Hypergradient dot products and the surprise signal's error, with the gradient EMA update.
+// NumPy twin: hyperopt/kernels/hypergradient.py.  vec4 form (see common.glsl); lanes past the
+// end of the row add nothing and keep their values.
+#include "common.glsl"
+
+struct Scalars {
+    float with_momentum;   // also sum <g, m>
+    float with_surprise;   // also sum |g|^2 and |g - ema|^2, then update the EMA
+    float ema_decay;       // gamma, or 0 when the EMA starts at this gradient
+    float ema_rate;        // 1 - gamma, or 1 when the EMA starts at this gradient
+};
+layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
+layout(set = 0, binding = 4, std430) readonly buffer Grad { vec4 grad[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Direction { vec4 direction[]; };
+layout(set = 0, binding = 6, std430) readonly buffer ExpAvg { vec4 exp_avg[]; };
+layout(set = 0, binding = 7, std430) buffer GradEma { vec4 grad_ema[]; };
+
+// common.glsl's workgroup_sum, four sums in one tree: a quarter of the barriers, which are what a
+// reduction costs on CPU Vulkan drivers.
+shared vec4 scratch4[WG_SIZE];
+vec4 workgroup_sum4(vec4 x) {
+    uint lid = gl_LocalInvocationID.x;
+    scratch4[lid] = x;
+    barrier();
+    for (uint s = WG_SIZE / 2; s > 0; s >>= 1) {
+        if (lid < s) scratch4[lid] += scratch4[lid + s];
+        barrier();
+    }
+    return scratch4[0];
+}
+
+void main() {
+    WORK_ROW
+    Scalars s = seg[segment];
+    // Uniform per segment: buffers that are off are never touched (they may be placeholders).
+    bool momentum = s.with_momentum != 0.0;
+    bool surprise = s.with_surprise != 0.0;
+    float gd = 0.0, gm = 0.0, gg = 0.0, err = 0.0;
+    FOR_EACH_VEC4(q) {
+        bvec4 live = LIVE(q);
+        vec4 g = mix(vec4(0.0), grad[q], live);
+        gd += dot(g, direction[q]);
+        if (momentum) gm += dot(g, exp_avg[q]);
+        if (surprise) {
+            vec4 ema = grad_ema[q];
+            vec4 r = mix(vec4(0.0), g - ema, live);
+            gg += dot(g, g);
+            err += dot(r, r);
+            grad_ema[q] = mix(ema, s.ema_decay * ema + s.ema_rate * g, live);
+        }
+    }
+    vec4 total = workgroup_sum4(vec4(gd, gm, gg, err));
+    write_partial(0, total.x);
+    write_partial(1, total.y);
+    write_partial(2, total.z);
+    write_partial(3, total.w);
+}

@@ -1,0 +1,40 @@
+#version 450
+// HysteroGrad pass 3: p -= (lr * k) * c where the parameter's group is Liquid (decision and clip
+// factor k read from the control array).  c is recomputed from g and the updated G, with the same
+// operations as natural-gradient.glsl.  NumPy twin: hyperopt/kernels/hysterograd.py
+// Four elements per invocation, as in natural-gradient.glsl.
+#include "common.glsl"
+
+#define CTL_LIQUID 5u
+#define CTL_CLIP 6u
+
+struct Scalars {
+    float lr;
+    float eps;
+    float metric_power;
+    float ctl_base;       // index of the group's record in ctl[]
+};
+layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
+layout(set = 0, binding = 4, std430) buffer Param { vec4 param[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Grad { vec4 grad[]; };
+layout(set = 0, binding = 6, std430) readonly buffer Metric { vec4 metric[]; };
+
+vec4 metric_root(vec4 G, float power) {
+    if (power == 0.5) return sqrt(G);
+    if (power == 1.0) return G;
+    return pow(G, vec4(power));
+}
+
+void main() {
+    WORK_ROW
+    Scalars s = seg[segment];
+    uint base = uint(s.ctl_base);
+    if (ctl[base + CTL_LIQUID] == 0.0) return;   // Frozen: uniform per workgroup, no barrier follows
+    precise float step = s.lr * ctl[base + CTL_CLIP];
+    FOR_EACH_VEC4(q) {
+        vec4 old = param[q];
+        precise vec4 c = grad[q] / (metric_root(metric[q], s.metric_power) + s.eps);
+        precise vec4 p = old - step * c;
+        param[q] = mix(old, p, LIVE(q));
+    }
+}
