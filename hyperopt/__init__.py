@@ -3,6 +3,9 @@ from .optimizer import Optimizer
 from .adamw import AdamW
 from .hypergradient import AutoHypergradientAdamW, HypergradientAdamW
 from .hysterograd import HIOptimizer
+from .autosgm import AutoSGM
+from .schedules import Window, WindowLR
 
-__all__ = ["Optimizer", "AdamW", "HypergradientAdamW", "AutoHypergradientAdamW", "HIOptimizer"]
+__all__ = ["Optimizer", "AdamW", "HypergradientAdamW", "AutoHypergradientAdamW", "HIOptimizer", "AutoSGM",
+           "Window", "WindowLR"]
 __version__ = "0.1.0"

@@ -79,6 +79,5 @@ class AdamW(Optimizer):
         st = self.state.get(i)
         if st is None:
             st = self.state[i] = {"step": 0}
-            for name in self._backend.buffers:   # state may remain from a load or an earlier layout
-                self._backend.write(name, i, 0.0)
+            self._backend.clear(i)               # state may remain from a load or an earlier layout
         return st

@@ -128,7 +128,7 @@ class HIOptimizer(Optimizer):
         for i in grads:
             if i not in self.state:
                 self.state[i] = {}
-                self._backend.write("metric", i, 0.0)   # state may remain from a load or an earlier layout
+                self._backend.clear(i)   # state may remain from a load or an earlier layout
         nat, control, gate = self._program.tables
         for gi, group in enumerate(self.param_groups):
             beta = group["beta"]

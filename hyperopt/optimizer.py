@@ -248,6 +248,15 @@ class Optimizer:
                     self._backend.write(name, i, entry[name])
         self._load_group_extra(state_dict.get("extra", [{} for _ in groups]))
 
+    def reload_params(self) -> None:
+        """Tell the optimizer that parameter arrays were changed in place outside ``step()``.
+
+        The Vulkan path keeps the parameters on the device between steps and copies them back after
+        each step; edits made to the arrays in between are only seen after this call.  (NumPy
+        updates the arrays themselves, so there it does nothing.)
+        """
+        self._backend.reload_params()
+
     def close(self) -> None:
         """Release device memory now (it is also released when the optimizer is garbage collected)."""
         self._backend.close()

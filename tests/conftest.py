@@ -19,6 +19,7 @@ GOLDENS = Path(__file__).resolve().parent / "goldens"   # reference trajectories
 DEVICE = os.environ.get("HYPEROPT_TEST_DEVICE", "cpu")
 REQUIRE = os.environ.get("HYPEROPT_REQUIRE_VULKAN") == "1"
 _vulkan_tests_passed = 0
+_vulkan_nodes: set[str] = set()      # tests that asked for the Vulkan backend
 
 
 def vulkan_available() -> str | None:
@@ -42,7 +43,20 @@ def backend(request):
             if REQUIRE:
                 pytest.fail(f"HYPEROPT_REQUIRE_VULKAN=1 but {reason}")
             pytest.skip(reason)
+        _vulkan_nodes.add(request.node.nodeid)
     return request.param
+
+
+@pytest.fixture
+def vulkan_device(request):
+    """The Vulkan device name for tests that need the device itself (skips or fails like ``backend``)."""
+    reason = vulkan_available()
+    if reason is not None:
+        if REQUIRE:
+            pytest.fail(f"HYPEROPT_REQUIRE_VULKAN=1 but {reason}")
+        pytest.skip(reason)
+    _vulkan_nodes.add(request.node.nodeid)
+    return DEVICE
 
 
 @pytest.fixture
@@ -71,7 +85,7 @@ def rng():
 
 def pytest_runtest_logreport(report):
     global _vulkan_tests_passed
-    if report.when == "call" and report.passed and ("[vulkan" in report.nodeid or "test_vulkan_backend.py" in report.nodeid):
+    if report.when == "call" and report.passed and (report.nodeid in _vulkan_nodes or "test_vulkan_backend.py" in report.nodeid):
         _vulkan_tests_passed += 1
 
 

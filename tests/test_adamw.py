@@ -228,3 +228,13 @@ def test_add_param_group_and_repr(backend, opt_kwargs):
     assert "Parameter Group 1" in text and "lr: 0.2" in text and opt.backend in text
     with pytest.raises(ValueError, match="more than one parameter group"):
         opt.add_param_group({"params": [a]})
+
+
+def test_reload_params_after_editing_in_place(backend, opt_kwargs):
+    p = np.zeros(5, np.float32)
+    opt = AdamW([p], lr=0.1, weight_decay=0.0, **opt_kwargs)
+    opt.step(gradients=[np.ones(5, np.float32)])
+    p[...] = 10.0                       # e.g. re-initialised by the user between steps
+    opt.reload_params()
+    opt.step(gradients=[np.ones(5, np.float32)])
+    assert np.all(np.abs(p - 9.9) < 1e-5)

@@ -3,6 +3,7 @@
 The interface (shared with the Vulkan backend):
   bind(arrays, state_names)    lay out the parameters (one segment each) and their state buffers
   read(name, i) / write(...)   copy one parameter's region of a buffer out / in
+  clear(i)                     zero one parameter's region of every state buffer (fresh state)
   ctl_array(size)              the optimizer's small float32 control buffer (host-visible)
   program(dispatches)          compile a list of (kernel, buffer names) into a Program; its
                                ``tables[j]`` is dispatch j's per-segment scalar table, float32
@@ -53,9 +54,16 @@ class NumpyBackend:
     def write(self, name, i, values):
         self._state[name][i][...] = values
 
+    def clear(self, i):
+        for bufs in self._state.values():
+            bufs[i][...] = 0
+
     def buffer(self, name, i):
         """Live view of one parameter's state (the NumPy backend has nothing to copy)."""
         return self._state[name][i]
+
+    def reload_params(self):
+        pass   # the twins update the user's arrays directly
 
     def ctl_array(self, size):
         if self._ctl.size != size:

@@ -205,8 +205,15 @@ def context(selector: str) -> Context:
     return _contexts[selector]
 
 
+_live_backends: "weakref.WeakSet[VulkanBackend]" = weakref.WeakSet()
+
+
 @atexit.register
 def _shutdown():
+    # Free what live optimizers still hold first: weakref.finalize's own exit hook may run after
+    # this one (it is registered whenever some library first uses it), too late for the device.
+    for backend in list(_live_backends):
+        backend.close()
     for ctx in _contexts.values():
         ctx.destroy()
     _contexts.clear()
@@ -273,6 +280,7 @@ class VulkanBackend:
         self._ctl = self._host(16)
         self._active = None
         self._finalizer = weakref.finalize(self, _release, self._owned)
+        _live_backends.add(self)
 
     # -------------------------------------------------------------- layout
     def bind(self, arrays, state_names):
@@ -305,6 +313,9 @@ class VulkanBackend:
         self._windows = self._plan_windows(total)
         for name in ("param", "grad") + self.buffers:
             self._arenas[name] = self._arena(total * 4)
+        if self.ctx.staging:     # device-local memory starts with whatever was there before
+            arenas = list(self._arenas.values())
+            self.ctx.one_shot(lambda cmd: [vk.vkCmdFillBuffer(cmd, a.buffer, 0, a.nbytes, 0) for a in arenas])
         if self.ctx.staging:
             for name in ("param", "grad"):
                 self._staging[name] = self._host(total * 4)
@@ -312,6 +323,7 @@ class VulkanBackend:
         self._grad_in = (self._staging.get("grad") or self._arenas["grad"]).floats()
         self._param_out = (self._staging.get("param") or self._arenas["param"]).floats()
         self._active = None
+        self._touched: set[int] = set()     # segments whose state may be non-zero
         self.reload_params()
         # carry state of parameters that were bound before (matched by identity)
         new_ids = {id(a): i for i, a in enumerate(self._params)}
@@ -381,7 +393,22 @@ class VulkanBackend:
         finally:
             tmp.free()
 
+    def clear(self, i):
+        """Zero parameter i's region of every state buffer (a fresh state), in one go."""
+        if i not in self._touched:
+            return                           # never written since allocation: still zero
+        self._touched.discard(i)
+        r = self._region(i)
+        arenas = [self._arenas[name] for name in self.buffers]
+        if not self.ctx.staging:
+            for arena in arenas:
+                arena.floats()[r] = 0.0
+        elif r.stop > r.start:
+            self.ctx.one_shot(lambda cmd: [vk.vkCmdFillBuffer(cmd, a.buffer, r.start * 4, (r.stop - r.start) * 4, 0)
+                                           for a in arenas])
+
     def write(self, name, i, values):
+        self._touched.add(i)
         arena, r = self._arenas[name], self._region(i)
         values = np.broadcast_to(np.asarray(values, np.float32), self._params[i].shape).reshape(-1)
         if arena.view is not None:
@@ -436,6 +463,7 @@ class VulkanBackend:
         for i, g in grads.items():
             view[slices[i]] = g.reshape(-1)
         active = frozenset(grads)
+        self._touched |= active
         if active != self._active:
             self._active, self._active_list = active, sorted(active)
             mask = np.zeros(len(self._params), bool)

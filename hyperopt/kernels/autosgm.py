@@ -1,0 +1,172 @@
+"""AutoSGM's kernels.  GLSL twins: shaders/autosgm-update.glsl, autosgm-stats.glsl, autosgm-control.glsl,
+autosgm-apply.glsl.
+
+Two programs, chosen by the optimizer:
+
+* ``[autosgm_update]`` when every learning-rate numerator is a host constant (``aoptlr=False`` or
+  ``num_lrc`` 0/4): one pass filters the gradient and applies ``p += alpha * v``.
+* ``[autosgm_stats, autosgm_control, autosgm_apply]`` when some tensor estimates its numerator
+  (``num_lrc`` 1-3): ``stats`` filters the gradient, stores the step direction ``v`` in ``upd``, updates
+  the estimator's state and sums its per-element estimate ``e`` per tensor; ``control`` turns each
+  tensor's mean into its smoothed numerator (state in the control array) and ``alpha``; ``apply``
+  does ``p += alpha * upd``.  One submit either way.
+
+The element-wise front end shared by ``update`` and ``stats`` (every multiplier is derived on the host
+in double precision; flags are 0/1):
+
+.. code-block:: text
+
+    w = param, g = grad
+    if huber:  s = g_mag + (1-beta_a)|g| ; mu = s*huber_scale ; g_mag = beta_a*s ; g = sign(g) min(|g|, 4 mu)
+    wd_w = wd*w ;  g = g + coupled*wd_w                         (weight decay coupled to the gradient)
+    a = eta_i*g ;  s = g_sm + a ;  v = s*smooth_scale ;  g_sm = beta_i*s - gamma_i*a     (lowpass filter)
+    if aopt:   a = eta_a*(g+eps)^2 ; s = g_var + a ; d = sqrt(s*moment_scale) + eps ; g_var = beta_a*s
+    else:      d = 1
+    u = g/d ;  v = v/d + decoupled*wd_w                          (decoupled decay, scaled on the host)
+
+Control array layout: two floats per parameter, ``ctl[2i]`` the smoothed numerator's filter state
+(upstream ``state['lr_num']``), ``ctl[2i+1]`` the signed step size ``alpha`` of the current step.
+"""
+import numpy as np
+
+from .core import CONTROL, kernel
+
+CTL_STRIDE = 2          # floats per parameter in the control array
+CTL_LR_NUM, CTL_ALPHA = 0, 1
+HUBER_CAP = 4.0         # the Huber constant: clip at 4x the running mean magnitude
+LR_NUM_POLE = 0.1       # pole of the numerator's smoothing filter (input weight 1 - 0.1)
+
+_FRONT = ("wd", "coupled", "decoupled", "eta_i", "beta_i", "gamma_i", "smooth_scale",
+          "aopt", "eta_a", "beta_a", "moment_scale", "eps", "huber", "one_minus_beta_a", "huber_scale")
+_F32 = np.float32
+
+
+def _front(param, grad, g_sm, g_var, g_mag, *, wd, coupled, decoupled, eta_i, beta_i, gamma_i,
+           smooth_scale, aopt, eta_a, beta_a, moment_scale, eps, huber, one_minus_beta_a, huber_scale):
+    """The shared front end; updates the filter states in place, returns (g, d, v).  The ``1 - beta``
+    factors come from the host (in float32, ``1 - beta`` loses up to 4 digits for beta near 1)."""
+    g = grad
+    if huber:
+        mag = np.abs(g)
+        s = g_mag + one_minus_beta_a * mag
+        np.multiply(s, beta_a, out=g_mag)
+        s *= huber_scale
+        s *= _F32(HUBER_CAP)
+        np.minimum(mag, s, out=s)
+        g = np.sign(g)
+        g *= s
+    # wd = 0 and gamma_i = 0 skip terms that would add exact zeros (same result, fewer passes)
+    wd_w = wd * param if wd != 0 else None
+    if coupled and wd_w is not None:
+        g = g + wd_w
+    a = eta_i * g
+    s = g_sm + a
+    v = s * smooth_scale
+    np.multiply(s, beta_i, out=g_sm)
+    if gamma_i != 0:
+        a *= gamma_i
+        g_sm -= a
+    if aopt:
+        d = g + eps
+        d *= d
+        d *= eta_a
+        d += g_var
+        np.multiply(d, beta_a, out=g_var)
+        d *= moment_scale
+        np.sqrt(d, out=d)
+        d += eps
+        v /= d
+    else:
+        d = None
+    if decoupled and wd_w is not None:
+        wd_w *= decoupled
+        v += wd_w
+    return g, d, v
+
+
+@kernel("autosgm_update",
+        buffers=("param", "grad", "g_sm", "g_var", "g_mag"),
+        scalars=_FRONT + ("alpha",))
+def autosgm_update(param, grad, g_sm, g_var, g_mag, *, alpha, **front):
+    """One-pass step with a host-side step size: the front end, then ``p += alpha*v``
+    (``alpha = -lr0*W``, positive when maximizing)."""
+    _, _, v = _front(param, grad, g_sm, g_var, g_mag, **front)
+    v *= alpha
+    param += v
+
+
+@kernel("autosgm_stats",
+        buffers=("param", "grad", "g_sm", "g_var", "g_mag", "wsq", "pcor", "pcx", "upd"),
+        scalars=_FRONT + ("num_lrc", "lr0", "beta_n", "one_minus_beta_n"),
+        sums=("numerator",))
+def autosgm_stats(param, grad, g_sm, g_var, g_mag, wsq, pcor, pcx, upd, *, num_lrc, lr0, beta_n, one_minus_beta_n,
+                  **front):
+    """The front end, ``upd = v``, and the numerator estimator (w: the weights before the step):
+
+    .. code-block:: text
+
+        num_lrc 1, 2:  c = wsq + (1-beta_n) w^2 ;  wsq = beta_n c            (EMA of w^2, not debiased)
+        num_lrc 1:     r = pcor + lr0 w v ;  pcor = beta_n r ;  e = min(|r|, lr0 (c+1))
+        num_lrc 2:     x = w v ;  mu = pcx + (1-beta_a)|x| ;  pcx = beta_a mu ;  x~ = sign(x) min(|x|, 4 mu)
+                       r = pcor + lr0 x~/(c+1) ;  pcor = beta_n r ;  e = min(|r|, lr0 (c+1))
+        num_lrc 3:     r = pcor + (1-beta_n) lr0 u^2 ;  pcor = beta_n r ;  e = min(r, lr0)     (u = g/d)
+        other:         e = 0
+
+    returns ``sum(e)`` for this (part of the) tensor.
+    """
+    g, d, v = _front(param, grad, g_sm, g_var, g_mag, **front)
+    upd[...] = v
+    mode = int(num_lrc)
+    if mode not in (1, 2, 3):
+        return (0.0,)
+    w = param
+    if mode in (1, 2):
+        c = wsq + one_minus_beta_n * (w * w)
+        wsq[...] = beta_n * c
+        cap = lr0 * (c + 1)
+        if mode == 1:
+            r = pcor + lr0 * w * v
+        else:
+            x = w * v
+            mag = np.abs(x)
+            mu = pcx + front["one_minus_beta_a"] * mag
+            pcx[...] = front["beta_a"] * mu
+            x = np.sign(x) * np.minimum(mag, _F32(HUBER_CAP) * mu)
+            r = pcor + lr0 * x / (c + 1)
+        pcor[...] = beta_n * r
+        e = np.minimum(np.abs(r), cap)
+    else:
+        u = g / d if d is not None else g
+        r = pcor + one_minus_beta_n * (lr0 * (u * u))
+        pcor[...] = beta_n * r
+        e = np.minimum(r, lr0)
+    return (float(np.sum(e, dtype=np.float64)),)
+
+
+@kernel("autosgm_control", kind=CONTROL,
+        scalars=("mode", "window", "numel", "alpha_const", "direction"))
+def autosgm_control(ctl, sums, table):
+    """Per tensor ``i`` (row ``i`` of the table): mode 0 skips it (no gradient this step); mode 1 sets
+    ``alpha = alpha_const``; mode 2 smooths the numerator's mean and sets the signed step size:
+
+    .. code-block:: text
+
+        y = ctl[2i] + 0.9 * sum_i/numel ;  ctl[2i] = 0.1 y ;  ctl[2i+1] = direction * (y * window)
+    """
+    rec = ctl.reshape(-1, CTL_STRIDE)
+    table = table[: len(rec)]
+    mode = table[:, 0]
+    const = mode == 1
+    rec[const, CTL_ALPHA] = table[const, 3]
+    est = mode == 2
+    if est.any():          # vectorised over tensors; float32 throughout, like the shader
+        mean = sums[: len(rec)][est, 0].astype(_F32) / table[est, 2]
+        y = rec[est, CTL_LR_NUM] + _F32(1 - LR_NUM_POLE) * mean
+        rec[est, CTL_LR_NUM] = _F32(LR_NUM_POLE) * y
+        rec[est, CTL_ALPHA] = table[est, 4] * (y * table[est, 1])
+
+
+@kernel("autosgm_apply", buffers=("param", "upd"), scalars=("alpha_index",), ctl=True)
+def autosgm_apply(param, upd, *, alpha_index, ctl, segment):
+    """``p += ctl[alpha_index] * upd``."""
+    param += ctl[int(alpha_index)] * upd
