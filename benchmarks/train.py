@@ -58,7 +58,7 @@ def _natural_grad(params, use_gpu, device):
 
 def _hl(params, use_gpu, device):
     from hyperopt.hamiltonian import HL
-    return HL.for_params(params, theta=0.1, beta=0.5, use_gpu=use_gpu, device=device)
+    return HL.for_params(params, delta=0.3, theta=0.1, beta=0.5, use_gpu=use_gpu, device=device)
 
 
 CONFIGS = {"AdamW": _adamw, "HypergradientAdamW": _hyper, "AutoHypergradientAdamW": _auto_hyper,

@@ -4,8 +4,10 @@ from .adamw import AdamW
 from .hypergradient import AutoHypergradientAdamW, HypergradientAdamW
 from .hysterograd import HIOptimizer
 from .autosgm import AutoSGM
+from .natural_grad import HCNaturalGrad
+from .hamiltonian import HL
 from .schedules import Window, WindowLR
 
 __all__ = ["Optimizer", "AdamW", "HypergradientAdamW", "AutoHypergradientAdamW", "HIOptimizer", "AutoSGM",
-           "Window", "WindowLR"]
+           "HCNaturalGrad", "HL", "Window", "WindowLR"]
 __version__ = "0.1.0"

@@ -167,9 +167,8 @@ class AutoSGM(Optimizer):
 
     * The optimizer updates the caller's array in place; there is no master copy (upstream
       overwrites the parameters with its shadow copy, losing edits made between steps).  As upstream
-      does, elements with ``|w| < eps`` are nudged by ``+eps`` at a parameter's first step.
-      (On the Vulkan backend the parameters live on the device between steps; edits made outside
-      ``step()`` need the backend's ``reload_params()``.)
+      does, elements with ``|w| < eps`` are nudged by ``+eps`` at a parameter's first step.  On the
+      Vulkan backend each step uploads the parameters with the gradients, so edits are kept there too.
     * ``num_lrc=4`` applies the documented Huber prefilter (upstream's test for it never fires); its
       running mean magnitude is debiased with ``debias``.
     * The epoch advances every ``spe`` steps (upstream: every ``tau``), and the window is a function of
@@ -301,10 +300,7 @@ class AutoSGM(Optimizer):
             st["window"] = window
             if self._takes_mix(group, p):
                 self._mix_step(p, g, group, st, t, window)
-                st["host"] = True
                 continue
-            if st.pop("host", False):
-                self._push_param(i, p)                  # it was updated on the host last time
             device[i] = g
             key = (gi, t)
             if key not in cache:
@@ -320,8 +316,8 @@ class AutoSGM(Optimizer):
             beta_n = group["beta_cfg"].beta_n
             tables[0][i] = front + (nl, lr.lr_init, beta_n, 1 - beta_n)
             tables[1][i] = (2 if nl in (1, 2, 3) else 1, window, p.size, alpha, sign)
-        if device:
-            self._backend.run(self._program, device)
+        if device:   # upload_params: edits to the arrays between steps are respected on the device too
+            self._backend.run(self._program, device, upload_params=True)
 
     @staticmethod
     def _front_scalars(group, t) -> tuple:
@@ -353,12 +349,7 @@ class AutoSGM(Optimizer):
             small = np.abs(p) < eps
             if small.any():                             # upstream's nudge: exact zeros become eps
                 p[small] += p.dtype.type(eps)
-                self._push_param(i, p)
         return st
-
-    def _push_param(self, i, p):
-        if self._backend.name != "numpy":               # the device keeps its own copy between steps
-            self._backend.write("param", i, p)
 
     # ------------------------------------------------------------------ the matrix path (host)
     @staticmethod

@@ -573,3 +573,14 @@ def test_benchmark_cases_and_window_plot(tmp_path):
     out = tmp_path / "w.png"
     assert autosgm_windows.main([str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_edits_between_steps_are_respected_on_both_backends(backend, opt_kwargs):
+    """No master copy (project decision 4): an edit to the array between steps is where the next step starts."""
+    p = np.ones(6, np.float32)
+    opt = AutoSGM([p], lr_cfg=(False, 0.1, 0), beta_cfg=(0.9999, 0.999, 0.0, 0.0, 1.0, False), **opt_kwargs)
+    opt.step(gradients=[np.ones(6, np.float32)])
+    np.testing.assert_allclose(p, 0.9, rtol=1e-6)
+    p[...] = 5.0
+    opt.step(gradients=[np.ones(6, np.float32)])
+    np.testing.assert_allclose(p, 4.9, rtol=1e-6)

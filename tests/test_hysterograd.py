@@ -339,9 +339,8 @@ def test_backends_agree_on_odd_sizes_and_extreme_values(opt_kwargs):
                 assert g0[key] == pytest.approx(g1[key], rel=1e-5)
 
 
-def test_one_submit_per_step_on_vulkan(backend, opt_kwargs, monkeypatch):
-    if backend != "vulkan":
-        pytest.skip("counts Vulkan submits")
+def test_one_submit_per_step_on_vulkan(vulkan_device, monkeypatch):
+    opt_kwargs = {"use_gpu": True, "device": vulkan_device}
     ps = [np.zeros(n, np.float32) for n in (10, 300, 5000, 7)]
     grads = [np.ones(p.shape, np.float32) for p in ps]
     opt = HIOptimizer([dict(params=ps[:2]), dict(params=ps[2:], stiffening_factor=0.5)], **opt_kwargs)

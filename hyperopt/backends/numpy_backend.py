@@ -8,9 +8,11 @@ The interface (shared with the Vulkan backend):
   program(dispatches)          compile a list of (kernel, buffer names) into a Program; its
                                ``tables[j]`` is dispatch j's per-segment scalar table, float32
                                (n_segments, n_scalars), filled by the host before each run
-  run(program, grads, download) one submit: upload ``grads`` ({index: array}; None keeps the last
-                               ones and the active set), run every dispatch, copy parameters back
-                               when ``download``; returns the per-segment sums (float64
+  run(program, grads, download, upload_params)
+                               one submit: upload ``grads`` ({index: array}; None keeps the last
+                               ones and the active set) and, with ``upload_params``, the caller's
+                               parameter arrays; run every dispatch, copy parameters back when
+                               ``download``; returns the per-segment sums (float64
                                (n_segments, n_sums)) of each summing kernel, in program order
 """
 from __future__ import annotations
@@ -49,10 +51,10 @@ class NumpyBackend:
             self._state[name] = bufs
 
     def read(self, name, i):
-        return self._state[name][i].copy()
+        return self._arrays(name, i).copy()
 
     def write(self, name, i, values):
-        self._state[name][i][...] = values
+        self._arrays(name, i)[...] = values
 
     def clear(self, i):
         for bufs in self._state.values():
@@ -74,7 +76,7 @@ class NumpyBackend:
     def program(self, dispatches):
         return Program(dispatches, len(self._params))
 
-    def run(self, program, grads=None, download=True):
+    def run(self, program, grads=None, download=True, upload_params=False):
         if grads is not None:
             self._grads = grads
         results, last = [], None

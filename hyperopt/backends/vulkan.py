@@ -446,10 +446,16 @@ class VulkanBackend:
         self._programs.append(p)
         return p
 
-    def run(self, program, grads=None, download=True):
+    def run(self, program, grads=None, download=True, upload_params=False):
         if grads is not None:
             self._upload(grads)
-        program.launch(upload=grads is not None and self.ctx.staging, download=download and self.ctx.staging)
+        if upload_params:       # the caller's arrays are the truth (edits between steps are kept)
+            view, slices, params = self._param_out, self._slices, self._params
+            for i in self._active_list:
+                view[slices[i]] = params[i].reshape(-1)
+        staging = self.ctx.staging
+        program.launch(upload=grads is not None and staging, upload_params=upload_params and staging,
+                       download=download and staging)
         if download:
             view, slices, params = self._param_out, self._slices, self._params
             for i in self._active_list:
@@ -549,7 +555,7 @@ class VulkanProgram:
         vk.vkUpdateDescriptorSets(self.ctx.device, len(writes), writes, 0, None)
         return ds
 
-    def _record(self, upload, download):
+    def _record(self, upload, upload_params, download):
         ctx = self.ctx
         cmd = vk.vkAllocateCommandBuffers(ctx.device, vk.VkCommandBufferAllocateInfo(
             commandPool=ctx.pool, level=vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY, commandBufferCount=1))[0]
@@ -562,10 +568,12 @@ class VulkanProgram:
                 srcAccessMask=src, dstAccessMask=dst)], 0, None, 0, None)
 
         rw = vk.VK_ACCESS_SHADER_READ_BIT | vk.VK_ACCESS_SHADER_WRITE_BIT
-        if upload:
-            g = self._staging["grad"]
-            vk.vkCmdCopyBuffer(cmd, g.buffer, self._arenas["grad"].buffer, 1, [
-                vk.VkBufferCopy(srcOffset=0, dstOffset=0, size=g.nbytes)])
+        for name, wanted in (("grad", upload), ("param", upload_params)):
+            if wanted:
+                src = self._staging[name]
+                vk.vkCmdCopyBuffer(cmd, src.buffer, self._arenas[name].buffer, 1, [
+                    vk.VkBufferCopy(srcOffset=0, dstOffset=0, size=src.nbytes)])
+        if upload or upload_params:
             barrier(transfer, vk.VK_ACCESS_TRANSFER_WRITE_BIT, compute, rw)
         for step in self._steps:
             for pipe, ds, push, groups in step:
@@ -586,10 +594,10 @@ class VulkanProgram:
         vk.vkEndCommandBuffer(cmd)
         return cmd, ffi.new("VkCommandBuffer*", cmd)
 
-    def launch(self, upload, download):
-        key = (upload, download)
+    def launch(self, upload, upload_params, download):
+        key = (upload, upload_params, download)
         if key not in self._cmds:
-            self._cmds[key] = self._record(upload, download)
+            self._cmds[key] = self._record(*key)
         self.ctx.submit(self._cmds[key][1])
 
     def free(self):

@@ -1,0 +1,49 @@
+#version 450
+// HCNaturalGrad with a device-generated projection: p += sum_j c_j * sign_j over four columns (the
+// signs of natural-grad-hash-project.glsl; c_j already carries the scale), then on the last dispatch
+// of a step the box clip(p, -clip, clip).  NumPy twin: hyperopt/kernels/natural_grad.py
+#include "common.glsl"
+
+struct Scalars {
+    float stream;
+    float bit0;
+    float n_cols;
+    float c0;
+    float c1;
+    float c2;
+    float c3;
+    float clip;
+    float apply_clip;
+};
+layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
+layout(set = 0, binding = 4, std430) buffer Param { float param[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Key { float key[]; };
+
+uint hash32(uint x) {
+    x ^= x >> 16; x *= 0x7feb352du;
+    x ^= x >> 15; x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+// +c or -c: exact, so the update rounds as the NumPy twin's does
+float signed_coef(uint h, uint bit, float c) { return ((h >> bit) & 1u) != 0u ? -c : c; }
+
+void main() {
+    WORK_ROW
+    Scalars s = seg[segment];
+    uint n = uint(s.n_cols);
+    uint b = uint(s.bit0);
+    uint st = hash32(uint(s.stream));
+    bool clip = s.apply_clip != 0.0;
+    FOR_EACH_ELEMENT(e) {
+        uint h = hash32(floatBitsToUint(key[e]) ^ st);
+        float p = param[e];
+        p += signed_coef(h, b, s.c0);
+        if (n > 1u) p += signed_coef(h, b + 1u, s.c1);
+        if (n > 2u) p += signed_coef(h, b + 2u, s.c2);
+        if (n > 3u) p += signed_coef(h, b + 3u, s.c3);
+        if (clip) p = clamp(p, -s.clip, s.clip);
+        param[e] = p;
+    }
+}

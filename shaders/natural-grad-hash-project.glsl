@@ -1,0 +1,46 @@
+#version 450
+// HCNaturalGrad with a device-generated projection: per-parameter sums of P[:, j] * g for four
+// columns, P[i, j] = scale * (bit bit0+j of hash32(key[i] ^ hash32(stream)) ? -1 : +1).  key[] holds
+// each element's index as a float32 bit pattern, so it is only reinterpreted, never computed with.
+// NumPy twin: hyperopt/kernels/natural_grad.py
+#include "common.glsl"
+
+struct Scalars {
+    float stream;    // 24-bit integer from (seed, step, parameter, column block), exact in float32
+    float bit0;      // first sign bit (column index modulo 32)
+    float n_cols;    // 1..4 columns in use
+    float scale;
+};
+layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
+layout(set = 0, binding = 4, std430) readonly buffer Grad { float grad[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Key { float key[]; };
+
+uint hash32(uint x) {
+    x ^= x >> 16; x *= 0x7feb352du;
+    x ^= x >> 15; x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+float sign_bit(uint h, uint bit) { return ((h >> bit) & 1u) != 0u ? -1.0 : 1.0; }
+
+void main() {
+    WORK_ROW
+    Scalars s = seg[segment];
+    uint n = uint(s.n_cols);
+    uint b = uint(s.bit0);
+    uint st = hash32(uint(s.stream));
+    vec4 acc = vec4(0.0);
+    FOR_EACH_ELEMENT(e) {
+        uint h = hash32(floatBitsToUint(key[e]) ^ st);
+        float g = grad[e];
+        acc.x += sign_bit(h, b) * g;
+        if (n > 1u) acc.y += sign_bit(h, b + 1u) * g;
+        if (n > 2u) acc.z += sign_bit(h, b + 2u) * g;
+        if (n > 3u) acc.w += sign_bit(h, b + 3u) * g;
+    }
+    write_partial(0, s.scale * workgroup_sum(acc.x));
+    write_partial(1, s.scale * workgroup_sum(acc.y));
+    write_partial(2, s.scale * workgroup_sum(acc.z));
+    write_partial(3, s.scale * workgroup_sum(acc.w));
+}

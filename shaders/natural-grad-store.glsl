@@ -1,0 +1,19 @@
+#version 450
+// HCNaturalGrad: proj = scale * grad, storing one column of the host-drawn projection P that was
+// uploaded through the gradient buffer.  NumPy twin: hyperopt/kernels/natural_grad.py
+#include "common.glsl"
+
+struct Scalars {
+    float scale;    // 1 / sqrt(D)
+};
+layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
+layout(set = 0, binding = 4, std430) readonly buffer Grad { float grad[]; };
+layout(set = 0, binding = 5, std430) writeonly buffer Proj { float proj[]; };
+
+void main() {
+    WORK_ROW
+    float scale = seg[segment].scale;
+    FOR_EACH_ELEMENT(e) {
+        proj[e] = scale * grad[e];
+    }
+}
