@@ -37,6 +37,17 @@ def _split(X, y, rng, test_fraction):
     return X[train], y[train], X[test], y[test]
 
 
+def softmax_cross_entropy(logits, y):
+    """Mean cross-entropy of softmax(logits) against integer labels, and its gradient in the logits."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    n = len(y)
+    loss = float(-np.log(p[np.arange(n), y] + 1e-12).mean())
+    p[np.arange(n), y] -= 1
+    return loss, p / n
+
+
 class MLP:
     """tanh MLP, e.g. MLP([2, 16, 16, 2]); ``params`` is [W1, b1, W2, b2, ...] (float32 arrays)."""
 
@@ -58,15 +69,7 @@ class MLP:
         acts = [X]
         for k in range(0, len(self.params) - 2, 2):
             acts.append(np.tanh(acts[-1] @ self.params[k] + self.params[k + 1]))
-        z = acts[-1] @ self.params[-2] + self.params[-1]
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        n = len(y)
-        loss = float(-np.log(p[np.arange(n), y] + 1e-12).mean())
-        delta = p
-        delta[np.arange(n), y] -= 1
-        delta /= n
+        loss, delta = softmax_cross_entropy(acts[-1] @ self.params[-2] + self.params[-1], y)
         grads = [None] * len(self.params)
         for layer in range(len(self.params) // 2 - 1, -1, -1):
             a = acts[layer]

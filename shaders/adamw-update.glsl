@@ -2,7 +2,7 @@
 // AdamW in torch.optim.AdamW's order of operations.  NumPy twin: hyperopt/kernels/adamw.py
 // Four elements per invocation (vec4 loads run ~1.5x faster on CPU Vulkan and cost nothing on a
 // GPU); lanes past the end of the row keep their old values.
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float decay;                  // 1 - lr * weight_decay

@@ -1,7 +1,7 @@
 #version 450
 // AutoSGM pass 3 of 3: p += alpha * upd, alpha read from the control array.
 // NumPy twin: hyperopt/kernels/autosgm.py
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float alpha_index;       // where this tensor's alpha is in ctl[]

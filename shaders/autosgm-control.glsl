@@ -3,7 +3,7 @@
 // the numerator estimators the per-tensor mean of e (from the segment sums) is smoothed by the filter
 // whose state is ctl[2i]: y = ctl[2i] + 0.9 mean, ctl[2i] = 0.1 y, alpha = direction * y * W.
 // Tensors are independent, so the 256 invocations share them out.  NumPy twin: hyperopt/kernels/autosgm.py
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float mode;              // 0: no gradient this step (skip); 1: alpha = alpha_const; 2: estimator

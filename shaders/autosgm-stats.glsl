@@ -2,7 +2,7 @@
 // AutoSGM pass 1 of 3 (a numerator estimator is active): the front end of autosgm-update.glsl, the step
 // direction v stored in upd[], the estimator's state updated, and the per-element estimate e summed per
 // tensor.  Every expression is precise (no fused multiply-add).  NumPy twin: hyperopt/kernels/autosgm.py
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float wd;

@@ -3,7 +3,7 @@
 // filter, moment normalisation, decoupled decay, then p += alpha * v.  Every expression is precise
 // (no fused multiply-add) to follow the NumPy twin's rounding.  NumPy twin: hyperopt/kernels/autosgm.py
 // (the front end is the same as in autosgm-stats.glsl).
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float wd;

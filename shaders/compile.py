@@ -3,13 +3,15 @@
     python shaders/compile.py          # compile what changed (needs glslc or glslangValidator)
     python shaders/compile.py --check  # exit 1 if a shipped .spv is stale (no compiler needed)
 
-Each shader's source hash (its own text plus common.glsl) is recorded in hyperopt/spirv/manifest.json;
-a stale manifest entry means the GLSL changed after the SPIR-V was built.
+``*.glsl`` files are kernels (each compiled to one .spv); ``*.glsli`` files are libraries they
+#include.  Each kernel's source hash (its text plus every library it includes) is recorded in
+hyperopt/spirv/manifest.json; a stale entry means the GLSL changed after the SPIR-V was built.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,16 +20,23 @@ from pathlib import Path
 SHADERS = Path(__file__).resolve().parent
 OUT = SHADERS.parent / "hyperopt" / "spirv"
 MANIFEST = OUT / "manifest.json"
-COMMON = "common.glsl"
+INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"', re.M)
 
 
 def sources() -> list[Path]:
-    return sorted(p for p in SHADERS.glob("*.glsl") if p.name != COMMON)
+    return sorted(SHADERS.glob("*.glsl"))
 
 
 def source_hash(path: Path) -> str:
-    h = hashlib.sha256(path.read_bytes())
-    h.update((SHADERS / COMMON).read_bytes())
+    h, seen, todo = hashlib.sha256(), set(), [path]
+    while todo:
+        p = todo.pop(0)
+        if p.name in seen:
+            continue
+        seen.add(p.name)
+        text = p.read_bytes()
+        h.update(text)
+        todo += [SHADERS / name for name in INCLUDE.findall(text.decode())]
     return h.hexdigest()
 
 

@@ -2,7 +2,7 @@
 // Hamiltonian Learning: Euler step of weights w and costates p.  Local HL moves w with the old
 // costate, then updates it; non-local HL updates the costate first and moves w with the new one.
 // NumPy twin: hyperopt/kernels/hamiltonian.py
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float keep;              // 1 - theta' = 1 + flip * theta

@@ -1,8 +1,8 @@
 #version 450
 // The Adam direction d = m_hat / (sqrt(v_hat) + eps), kept for the next step, and |d|^2.
-// NumPy twin: hyperopt/kernels/hypergradient.py.  vec4 form (see common.glsl); lanes past the
+// NumPy twin: hyperopt/kernels/hypergradient.py.  vec4 form (see common.glsli); lanes past the
 // end of the row add nothing and keep their values.
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float bias_correction1;   // 1 - beta1^t

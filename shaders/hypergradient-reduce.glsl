@@ -1,8 +1,8 @@
 #version 450
 // Hypergradient dot products and the surprise signal's error, with the gradient EMA update.
-// NumPy twin: hyperopt/kernels/hypergradient.py.  vec4 form (see common.glsl); lanes past the
+// NumPy twin: hyperopt/kernels/hypergradient.py.  vec4 form (see common.glsli); lanes past the
 // end of the row add nothing and keep their values.
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float with_momentum;   // also sum <g, m>
@@ -15,20 +15,6 @@ layout(set = 0, binding = 4, std430) readonly buffer Grad { vec4 grad[]; };
 layout(set = 0, binding = 5, std430) readonly buffer Direction { vec4 direction[]; };
 layout(set = 0, binding = 6, std430) readonly buffer ExpAvg { vec4 exp_avg[]; };
 layout(set = 0, binding = 7, std430) buffer GradEma { vec4 grad_ema[]; };
-
-// common.glsl's workgroup_sum, four sums in one tree: a quarter of the barriers, which are what a
-// reduction costs on CPU Vulkan drivers.
-shared vec4 scratch4[WG_SIZE];
-vec4 workgroup_sum4(vec4 x) {
-    uint lid = gl_LocalInvocationID.x;
-    scratch4[lid] = x;
-    barrier();
-    for (uint s = WG_SIZE / 2; s > 0; s >>= 1) {
-        if (lid < s) scratch4[lid] += scratch4[lid + s];
-        barrier();
-    }
-    return scratch4[0];
-}
 
 void main() {
     WORK_ROW

@@ -4,7 +4,7 @@
 // decision, kept in ctl[] (one record of CTL_STRIDE floats per group).  Row g of the table is group g.
 // float32 throughout, every expression precise (no fused multiply-add) so it matches the twin
 // bit for bit.  NumPy twin: hyperopt/kernels/hysterograd.py
-#include "common.glsl"
+#include "common.glsli"
 
 #define CTL_TAU 0u
 #define CTL_TEMP 1u

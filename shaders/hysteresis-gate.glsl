@@ -3,7 +3,7 @@
 // factor k read from the control array).  c is recomputed from g and the updated G, with the same
 // operations as natural-gradient.glsl.  NumPy twin: hyperopt/kernels/hysterograd.py
 // Four elements per invocation, as in natural-gradient.glsl.
-#include "common.glsl"
+#include "common.glsli"
 
 #define CTL_LIQUID 5u
 #define CTL_CLIP 6u

@@ -2,7 +2,7 @@
 // HCNaturalGrad: p += sum_j c_j * P[:, j] over four columns (c_j = -lr * v_j from the host's D x D
 // solve), then on the last dispatch of a step the box clip(p, -clip, clip).  With the gradient as its
 // only column this is plain gradient descent.  NumPy twin: hyperopt/kernels/natural_grad.py
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float c0;

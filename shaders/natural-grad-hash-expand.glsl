@@ -2,7 +2,8 @@
 // HCNaturalGrad with a device-generated projection: p += sum_j c_j * sign_j over four columns (the
 // signs of natural-grad-hash-project.glsl; c_j already carries the scale), then on the last dispatch
 // of a step the box clip(p, -clip, clip).  NumPy twin: hyperopt/kernels/natural_grad.py
-#include "common.glsl"
+#include "common.glsli"
+#include "natural-grad-hash.glsli"
 
 struct Scalars {
     float stream;
@@ -19,12 +20,6 @@ layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
 layout(set = 0, binding = 4, std430) buffer Param { float param[]; };
 layout(set = 0, binding = 5, std430) readonly buffer Key { float key[]; };
 
-uint hash32(uint x) {
-    x ^= x >> 16; x *= 0x7feb352du;
-    x ^= x >> 15; x *= 0x846ca68bu;
-    x ^= x >> 16;
-    return x;
-}
 
 // +c or -c: exact, so the update rounds as the NumPy twin's does
 float signed_coef(uint h, uint bit, float c) { return ((h >> bit) & 1u) != 0u ? -c : c; }

@@ -3,7 +3,8 @@
 // columns, P[i, j] = scale * (bit bit0+j of hash32(key[i] ^ hash32(stream)) ? -1 : +1).  key[] holds
 // each element's index as a float32 bit pattern, so it is only reinterpreted, never computed with.
 // NumPy twin: hyperopt/kernels/natural_grad.py
-#include "common.glsl"
+#include "common.glsli"
+#include "natural-grad-hash.glsli"
 
 struct Scalars {
     float stream;    // 24-bit integer from (seed, step, parameter, column block), exact in float32
@@ -15,12 +16,6 @@ layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
 layout(set = 0, binding = 4, std430) readonly buffer Grad { float grad[]; };
 layout(set = 0, binding = 5, std430) readonly buffer Key { float key[]; };
 
-uint hash32(uint x) {
-    x ^= x >> 16; x *= 0x7feb352du;
-    x ^= x >> 15; x *= 0x846ca68bu;
-    x ^= x >> 16;
-    return x;
-}
 
 float sign_bit(uint h, uint bit) { return ((h >> bit) & 1u) != 0u ? -1.0 : 1.0; }
 

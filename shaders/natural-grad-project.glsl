@@ -2,7 +2,7 @@
 // HCNaturalGrad: per-parameter sums of P[:, j] * g for four columns j of the projection, each column
 // in its own state buffer.  Columns at or above n_cols are masked (the host binds the last column
 // again in their slots).  NumPy twin: hyperopt/kernels/natural_grad.py
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float scale;     // multiplies every sum (1.0 when P is uploaded already scaled)

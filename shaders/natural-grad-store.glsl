@@ -1,7 +1,7 @@
 #version 450
 // HCNaturalGrad: proj = scale * grad, storing one column of the host-drawn projection P that was
 // uploaded through the gradient buffer.  NumPy twin: hyperopt/kernels/natural_grad.py
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float scale;    // 1 / sqrt(D)

@@ -3,7 +3,7 @@
 // workgroup (summed per segment by the backend).  NumPy twin: hyperopt/kernels/hysterograd.py
 // Four elements per invocation (vec4 loads: faster on CPU Vulkan, free on a GPU); lanes past the end
 // of the row keep their values and add nothing to the sum.
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars {
     float beta;

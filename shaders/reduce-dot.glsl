@@ -1,6 +1,6 @@
 #version 450
 // Per-parameter dot product <a, b>.  NumPy twin: hyperopt/kernels/reductions.py
-#include "common.glsl"
+#include "common.glsli"
 
 struct Scalars { float unused; };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };

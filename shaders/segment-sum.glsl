@@ -3,7 +3,7 @@
 // order (deterministic), one workgroup per segment.  Backend-internal: it has no NumPy twin,
 // because the NumPy backend sums each segment directly.
 #extension GL_GOOGLE_include_directive : require
-#include "common.glsl"
+#include "common.glsli"
 
 layout(set = 0, binding = 1, std430) readonly buffer Ranges { uvec2 ranges[]; };   // (first workgroup, count)
 layout(set = 0, binding = 4, std430) writeonly buffer Sums { float sums[]; };       // n_segments x n_sums

@@ -38,25 +38,24 @@ def vulkan_available() -> str | None:
 @pytest.fixture(params=["numpy", "vulkan"])
 def backend(request):
     if request.param == "vulkan":
-        reason = vulkan_available()
-        if reason is not None:
-            if REQUIRE:
-                pytest.fail(f"HYPEROPT_REQUIRE_VULKAN=1 but {reason}")
-            pytest.skip(reason)
-        _vulkan_nodes.add(request.node.nodeid)
+        _require_vulkan(request)
     return request.param
 
 
 @pytest.fixture
 def vulkan_device(request):
     """The Vulkan device name for tests that need the device itself (skips or fails like ``backend``)."""
+    _require_vulkan(request)
+    return DEVICE
+
+
+def _require_vulkan(request):
     reason = vulkan_available()
     if reason is not None:
         if REQUIRE:
             pytest.fail(f"HYPEROPT_REQUIRE_VULKAN=1 but {reason}")
         pytest.skip(reason)
     _vulkan_nodes.add(request.node.nodeid)
-    return DEVICE
 
 
 @pytest.fixture

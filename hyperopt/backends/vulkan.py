@@ -33,8 +33,8 @@ SPIRV = Path(__file__).resolve().parent.parent / "spirv"
 WG_SIZE = 256
 ROW_CPU, ROW_GPU = 16384, 4096     # elements per workgroup: fewer, larger rows suit CPU drivers
 ALIGN = 64                    # floats: segment starts are 256-byte aligned
-PUSH_BYTES = 16               # struct Dispatch in common.glsl: 4 x uint
-FRAME_BINDINGS = 4            # work, table, partials, ctl: see common.glsl
+PUSH_BYTES = 16               # struct Dispatch in common.glsli: 4 x uint
+FRAME_BINDINGS = 4            # work, table, partials, ctl: see common.glsli
 
 validation_messages: list[str] = []
 
