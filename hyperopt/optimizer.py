@@ -272,10 +272,12 @@ class Optimizer:
 
 
 def _all_finite(a: np.ndarray) -> bool:
-    # One pass: a non-finite element always makes the sum non-finite; a non-finite sum of finite
-    # elements (overflow) is rare, so only then pay for the exact check.
+    # One fast pass: a NaN or infinity always makes the sum of squares non-finite (squares cannot
+    # cancel); a non-finite sum of finite values (overflow past ~1.8e19) is rare, so only then is
+    # the exact check paid for.
+    flat = a.reshape(-1) if a.flags.c_contiguous else a.ravel()
     with np.errstate(over="ignore", invalid="ignore"):
-        s = float(np.add.reduce(a, axis=None))
+        s = float(np.dot(flat, flat)) if flat.dtype.kind == "f" else 0.0
     return math.isfinite(s) or bool(np.isfinite(a).all())
 
 

@@ -20,6 +20,7 @@ Kinds of kernel
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -71,10 +72,10 @@ _scratch: dict[tuple, np.ndarray] = {}
 def scratch(like: np.ndarray, slot: int) -> np.ndarray:
     """A reusable temporary shaped like ``like`` (twins run on cache-sized chunks, so reusing a
     few buffers avoids an allocation, and its page faults, per operation)."""
-    key = (like.shape, like.dtype.str, slot)
+    key = (like.shape, like.dtype.str, slot, threading.get_ident())
     buf = _scratch.get(key)
     if buf is None:
-        if len(_scratch) > 64:
+        if len(_scratch) > 256:
             _scratch.clear()
         buf = _scratch[key] = np.empty(like.shape, like.dtype)
     return buf
