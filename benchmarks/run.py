@@ -59,8 +59,8 @@ def vulkan_device(requested: str | None):
             ctx = vulkan.context(selector)
         except vulkan.VulkanUnavailable:
             continue
-        v = ctx.props.driverVersion
-        return selector, ctx.name, f"api {ctx.props.apiVersion >> 22}.{(ctx.props.apiVersion >> 12) & 0x3FF}, driver 0x{v:x}"
+        api = ctx.props.apiVersion
+        return selector, ctx.name, f"Vulkan {api >> 22}.{(api >> 12) & 0x3FF}, {ctx.driver}"
     return None
 
 
@@ -152,7 +152,9 @@ def main(argv=None):
         rows.append(dict(optimizer="AdamW", backend=f"torch-cpu {mode}", size=label(size), ms=seconds * 1e3))
         print(f"[{k:3d}/{total}] {'AdamW':24s} {'torch-cpu ' + mode:40s} {label(size):>20s} {seconds * 1e3:10.3f} ms", flush=True)
 
-    stamp = [f"hyperopt {hyperopt.__version__}", f"numpy {np.__version__}", f"Python {platform.python_version()}",
+    from importlib.metadata import version
+    stamp = [f"hyperopt {hyperopt.__version__}", f"numpy {np.__version__}", f"vulkan (binding) {version('vulkan')}",
+             f"Python {platform.python_version()}",
              f"CPU: {platform.processor() or platform.machine()}, {_cores()} cores",
              f"Vulkan device: {vk[1]} ({vk[2]})" if vk else "Vulkan device: none"]
     if torch_version:
@@ -189,38 +191,59 @@ def write_results(rows, sizes, stamp, out: Path):
 
 
 def plot(keyed, cols, stamp, path):
+    """One panel per optimizer (NumPy and Vulkan side by side, torch for AdamW), then the speed-ups."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     optimizers = list(dict.fromkeys(o for o, _ in keyed))
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    n = len(optimizers) + 1
+    ncol = min(4, n)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+    axes = axes.ravel()
     x = np.arange(len(cols))
-    for opt in optimizers:
+    colours = {"numpy": "tab:blue", "vulkan": "tab:orange", "torch-cpu foreach": "tab:grey", "torch-cpu fused": "k"}
+    speedup = axes[len(optimizers)]
+    for ax, opt in zip(axes, optimizers):
         for (o, backend), vals in keyed.items():
-            if o != opt:
-                continue
-            style = "-" if backend == "numpy" else ("--" if backend.startswith("vulkan") else ":")
-            axes[0].plot(x, [vals.get(c, np.nan) for c in cols], style, marker="o", label=f"{opt} / {backend[:28]}")
+            if o == opt:
+                kind = backend.split(":")[0]
+                ax.plot(x, [vals.get(c, np.nan) for c in cols], marker="o", color=colours.get(kind),
+                        ls="-" if kind in ("numpy", "vulkan") else ":", label=kind)
+        ax.set_title(opt, fontsize=10)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per step", fontsize=8)
+        ax.legend(fontsize=7)
         numpy_vals = keyed.get((opt, "numpy"), {})
         for (o, backend), vals in keyed.items():
             if o == opt and backend.startswith("vulkan"):
-                axes[1].plot(x, [numpy_vals.get(c, np.nan) / vals.get(c, np.nan) for c in cols], marker="o", label=opt)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("ms per step")
-    axes[0].set_title("Step time: NumPy (solid), Vulkan (dashed), torch (dotted)")
-    axes[1].axhline(1.0, color="grey", lw=0.8)
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel("NumPy time / Vulkan time")
-    axes[1].set_title("Speed-up of the Vulkan path over NumPy")
-    for ax in axes:
-        ax.set_xticks(x, cols, rotation=20)
+                speedup.plot(x, [numpy_vals.get(c, np.nan) / vals.get(c, np.nan) for c in cols], marker="o", label=opt)
+    speedup.axhline(1.0, color="grey", lw=0.8)
+    speedup.set_yscale("log")
+    speedup.set_title("Vulkan speed-up over NumPy (>1: faster)", fontsize=10)
+    speedup.legend(fontsize=6)
+    for ax in axes[:n]:
+        ax.set_xticks(x, cols, rotation=25, fontsize=7)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, ncol=2)
-    axes[1].legend(fontsize=7)
+    for ax in axes[n:]:
+        ax.axis("off")
     fig.suptitle("; ".join(stamp), fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     print(f"wrote {path}")
+
+
+def replot(csv_path, out_png):
+    """Redraw the plot from a benchmark.csv (and the stamp lines of the benchmark.md beside it)."""
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    keyed = {}
+    for r in rows:
+        keyed.setdefault((r["optimizer"], r["backend"]), {})[r["size"]] = float(r["ms"])
+    cols = list(dict.fromkeys(r["size"] for r in rows))
+    md = Path(csv_path).with_suffix(".md")
+    stamp = [line[2:] for line in md.read_text().splitlines() if line.startswith("- ")] if md.exists() else []
+    plot(keyed, cols, stamp, out_png)
 
 
 if __name__ == "__main__":

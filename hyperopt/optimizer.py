@@ -20,13 +20,6 @@ import numpy as np
 
 from .backends import select_backend
 
-class _Required:
-    def __repr__(self):
-        return "<required>"
-
-
-required = _Required()
-
 
 def _data(p) -> np.ndarray:
     """The array behind a parameter (an ndarray itself, or an object's ``.data``)."""
@@ -41,8 +34,6 @@ def _data(p) -> np.ndarray:
 class Optimizer:
     #: names of per-element state arrays every parameter gets on its first step (zeros)
     state_buffers: tuple[str, ...] = ()
-    #: whether the backend may update in float64 (the NumPy backend only)
-    float32_only_on_gpu = True
 
     def __init__(self, params, defaults: dict, *, use_gpu: bool = False, device: str | None = None):
         self.defaults = dict(defaults)
@@ -90,8 +81,6 @@ class Optimizer:
             seen.add(id(p))
         group["params"] = ps
         for key, value in self.defaults.items():
-            if value is required and key not in group:
-                raise ValueError(f"parameter group didn't specify a value of required optimization parameter {key}")
             group.setdefault(key, value)
         self._validate_group(group)
         self.param_groups.append(group)

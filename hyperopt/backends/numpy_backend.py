@@ -127,7 +127,7 @@ class NumpyBackend:
         # Work items: (segment, start, stop) chunks of cache size; spread over threads in contiguous
         # runs of about equal size (ufuncs release the GIL).  Sums are added in item order, so the
         # result does not depend on the thread count.
-        items, calls = [], []
+        items = []
         for i in sorted(self._grads):
             arrays = [self._arrays(n, i) for n in names]
             extra = {"ctl": self._ctl, "segment": i} if kernel.ctl else {}

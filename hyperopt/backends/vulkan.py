@@ -53,6 +53,7 @@ class Context:
         self.instance = self._create_instance()
         self.physical, self.props = self._pick_device(selector)
         self.name = _text(self.props.deviceName)
+        self.driver = self._driver_info()
         self.limits = self.props.limits
         self.max_binding_bytes = int(os.environ.get("HYPEROPT_VULKAN_MAX_BINDING", self.limits.maxStorageBufferRange))
         self.max_groups = self.limits.maxComputeWorkGroupCount[0]
@@ -123,6 +124,15 @@ class Context:
         if not picks:
             raise VulkanUnavailable(f"no Vulkan device matches device={selector!r} (found: {', '.join(names)})")
         return devices[picks[0]]
+
+    def _driver_info(self) -> str:
+        """e.g. "llvmpipe Mesa 25.0.7 (LLVM 15.0.6)" or "NVIDIA 550.54" (Vulkan 1.2 driver properties)."""
+        try:
+            info = vk.VkPhysicalDeviceDriverProperties()
+            vk.vkGetPhysicalDeviceProperties2(self.physical, vk.VkPhysicalDeviceProperties2(pNext=info))
+            return f"{_text(info.driverName)} {_text(info.driverInfo)}".strip()
+        except Exception:   # a Vulkan 1.0/1.1 driver without the query
+            return f"driver version 0x{self.props.driverVersion:x}"
 
     def _find_type(self, flags, bits):
         for k in range(self.memory_types.memoryTypeCount):
@@ -316,7 +326,6 @@ class VulkanBackend:
         if self.ctx.staging:     # device-local memory starts with whatever was there before
             arenas = list(self._arenas.values())
             self.ctx.one_shot(lambda cmd: [vk.vkCmdFillBuffer(cmd, a.buffer, 0, a.nbytes, 0) for a in arenas])
-        if self.ctx.staging:
             for name in ("param", "grad"):
                 self._staging[name] = self._host(total * 4)
         self._slices = [slice(int(o), int(o + n)) for o, n in zip(self.offsets, sizes)]
