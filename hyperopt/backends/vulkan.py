@@ -164,11 +164,17 @@ class Context:
         return self.pipelines[key]
 
     # ------------------------------------------------------------------ submission
-    def submit(self, cmd_ptr):
-        """Submit one recorded command buffer and wait (raw calls: ~20 us instead of ~55)."""
+    @staticmethod
+    def submit_info(cmd):
+        """A prebuilt VkSubmitInfo for one command buffer (keeps its pointer alive with it)."""
+        ptr = ffi.new("VkCommandBuffer*", cmd)
         info = ffi.new("VkSubmitInfo*", {"sType": vk.VK_STRUCTURE_TYPE_SUBMIT_INFO,
-                                          "commandBufferCount": 1, "pCommandBuffers": cmd_ptr})
-        check(vk.lib.vkQueueSubmit(self.queue, 1, info, self.fence))
+                                          "commandBufferCount": 1, "pCommandBuffers": ptr})
+        return info, ptr
+
+    def submit(self, info):
+        """Submit a prebuilt submit info and wait (raw calls: ~20 us instead of ~55)."""
+        check(vk.lib.vkQueueSubmit(self.queue, 1, info[0], self.fence))
         check(vk.lib.vkWaitForFences(self.device, 1, self._fence_ptr, vk.VK_TRUE, 0xFFFFFFFFFFFFFFFF))
         check(vk.lib.vkResetFences(self.device, 1, self._fence_ptr))
 
@@ -179,7 +185,7 @@ class Context:
         vk.vkBeginCommandBuffer(cmd, vk.VkCommandBufferBeginInfo(flags=vk.VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT))
         record(cmd)
         vk.vkEndCommandBuffer(cmd)
-        self.submit(ffi.new("VkCommandBuffer*", cmd))
+        self.submit(self.submit_info(cmd))
         vk.vkFreeCommandBuffers(self.device, self.pool, 1, [cmd])
 
     def destroy(self):
@@ -601,7 +607,7 @@ class VulkanProgram:
         else:
             barrier(compute, vk.VK_ACCESS_SHADER_WRITE_BIT, vk.VK_PIPELINE_STAGE_HOST_BIT, vk.VK_ACCESS_HOST_READ_BIT)
         vk.vkEndCommandBuffer(cmd)
-        return cmd, ffi.new("VkCommandBuffer*", cmd)
+        return cmd, self.ctx.submit_info(cmd)
 
     def launch(self, upload, upload_params, download):
         key = (upload, upload_params, download)
