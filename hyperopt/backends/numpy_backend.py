@@ -34,16 +34,19 @@ _pool = None
 
 
 def _parallel(fn, items):
-    """``fn`` on every item (segment, (arrays, kwargs), slice or None), in order of the results."""
+    """``fn`` on every item (segment, (arrays, kwargs), slice or None), results in item order.
+
+    The items are cut into one contiguous block per thread, of about equal element counts."""
     def run(block):
         return [fn(*([a[sl] for a in arrays] if sl is not None else arrays), **kw) for _, (arrays, kw), sl in block]
-    total = sum((sl.stop - sl.start) if sl is not None else 1 for _, _, sl in items)
-    if THREADS < 2 or total < 4 * CHUNK:
+    sizes = np.array([(sl.stop - sl.start) if sl is not None else arrays[0].size for _, (arrays, _), sl in items])
+    if THREADS < 2 or sizes.sum() < 4 * CHUNK:
         return run(items)
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="hyperopt")
-    bounds = np.linspace(0, len(items), THREADS + 1).astype(int)
+    cuts = np.searchsorted(np.cumsum(sizes), np.linspace(0, sizes.sum(), THREADS + 1)[1:-1])
+    bounds = [0, *cuts.tolist(), len(items)]
     blocks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     futures = [_pool.submit(run, b) for b in blocks[1:]]
     out = run(blocks[0])
