@@ -69,10 +69,14 @@ class Context:
         self._fence_ptr = ffi.new("VkFence*", self.fence)
         self.memory_types = vk.vkGetPhysicalDeviceMemoryProperties(self.physical)
         host = vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | vk.VK_MEMORY_PROPERTY_HOST_COHERENT_BIT
-        self.unified = self._find_type(host | vk.VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0xFFFFFFFF) is not None
         cpu = self.props.deviceType == vk.VK_PHYSICAL_DEVICE_TYPE_CPU
+        # Map the arenas directly only on unified memory (CPU drivers, integrated GPUs).  A discrete
+        # GPU may also offer host-visible VRAM (resizable BAR), but host reads from it are uncached
+        # and slow: there the arenas stay device-local and a step copies through staging buffers.
+        uma = cpu or self.props.deviceType == vk.VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU
+        unified = uma and self._find_type(host | vk.VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0xFFFFFFFF) is not None
         self.row_size = ROW_CPU if cpu else ROW_GPU
-        self.staging = not self.unified or os.environ.get("HYPEROPT_VULKAN_STAGING") == "1"
+        self.staging = not unified or os.environ.get("HYPEROPT_VULKAN_STAGING") == "1"
         self.pipelines: dict[tuple, tuple] = {}
 
     def _create_instance(self):
