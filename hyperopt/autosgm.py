@@ -407,13 +407,13 @@ class AutoSGM(Optimizer):
             out["lr_num"] = float(self._ctl[CTL_STRIDE * i + CTL_LR_NUM])
         return out
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def _load_state(self, state_dict: dict) -> None:
         # make room for every buffer the dict carries before the base class writes them
         carried = {k for entry in state_dict["state"].values() for k in entry if k in _BUFFER_ORDER}
         self._keep = carried
         try:
             self._sync_layout()
-            super().load_state_dict(state_dict)
+            super()._load_state(state_dict)
         finally:
             self._keep = set()
         for group in self.param_groups:

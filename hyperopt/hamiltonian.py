@@ -74,6 +74,7 @@ class HL(Optimizer):
     """
 
     state_buffers = ("costate",)
+    _internal_group_keys = ("model", "names")     # kept in the groups, not hyperparameters
 
     def __init__(self, models, *, gamma=1.0, flip=-1.0, theta=0.1, beta=1.0, reset_neuron_costate=False,
                  reset_weight_costate=False, local=True, use_gpu=True, device=None):
@@ -265,12 +266,8 @@ class HL(Optimizer):
             if group["reset_neuron_costate"]:
                 self._xi_costates[gi][...] = 0
             if group["reset_weight_costate"]:
-                clear = getattr(self._backend, "clear", None)     # zeroes every state buffer: only costate here
                 for i in range(start, start + len(group["params"])):
-                    if clear is not None:
-                        clear(i)
-                    else:
-                        self._backend.write("costate", i, 0.0)
+                    self._backend.clear(i)      # zeroes every state buffer: only the costate here
             start += len(group["params"])
 
     # ------------------------------------------------------------------ state
@@ -280,7 +277,7 @@ class HL(Optimizer):
             entry.pop("model", None)       # the model object is the caller's, not optimizer state
         return sd
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def _load_state(self, state_dict: dict) -> None:
         groups, extra = state_dict["param_groups"], state_dict.get("extra")
         if len(groups) == len(self.param_groups):
             for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
@@ -292,7 +289,7 @@ class HL(Optimizer):
                 if np.shape(e.get("neuron_costate")) != p_xi.shape:
                     raise ValueError(f"neuron costate of group {gi} has shape {np.shape(e.get('neuron_costate'))}, "
                                      f"expected {p_xi.shape}")
-        super().load_state_dict({**state_dict, "param_groups": [{k: v for k, v in g.items() if k != "model"}
+        super()._load_state({**state_dict, "param_groups": [{k: v for k, v in g.items() if k != "model"}
                                                                 for g in groups]})
 
     def _group_extra(self):

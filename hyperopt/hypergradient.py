@@ -209,8 +209,8 @@ class _HypergradientBase(AdamW):
         sd["hypergradient"] = self._global_state()
         return sd
 
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
+    def _load_state(self, state_dict):
+        super()._load_state(state_dict)
         self._load_global_state(dict(state_dict.get("hypergradient", {})))
 
     def _validate_lr_range(self, group):
@@ -236,16 +236,17 @@ class HypergradientAdamW(_HypergradientBase):
     the value the next adaptation starts from (and that value may leave [lr_min, lr_max] until
     the next adaptation clips it).  With ``maximize`` the hypergradient uses -g.
 
-    Args: as ``AdamW`` (``amsgrad``/``maximize`` may be set per group), plus ``beta_hyper`` (the
+    Args: as ``AdamW`` (``amsgrad``, ``maximize``, also per group), plus ``beta_hyper`` (the
     hypergradient step, per group like ``lr_min``, ``lr_max``, ``log_scale``), ``use_gpu`` /
     ``device`` (see ``hyperopt.backends``), and ``history_size``: ``lr_history`` keeps the last
     ``history_size`` values (default 10000, ``0`` keeps none, ``None`` keeps all: unbounded growth).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta_hyper=1e-7,
-                 lr_min=1e-6, lr_max=1.0, log_scale=False, use_gpu=True, device=None, *, history_size=10000):
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=False,
-                        maximize=False, beta_hyper=beta_hyper, lr_min=lr_min, lr_max=lr_max,
+                 lr_min=1e-6, lr_max=1.0, log_scale=False, use_gpu=True, device=None, *, amsgrad=False,
+                 maximize=False, history_size=10000):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, beta_hyper=beta_hyper, lr_min=lr_min, lr_max=lr_max,
                         log_scale=bool(log_scale))
         super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size)
 
@@ -312,7 +313,7 @@ class AutoHypergradientAdamW(_HypergradientBase):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, hyper_lr=0.01,
                  hyper_lr_beta=1.0, lr_min=1e-6, lr_max=1.0, adapt_momentum=False, track_surprise=False,
                  surprise_gamma=0.9, surprise_alpha=0.1, trauma_threshold=0.5, beta_min=0.5, beta_max=0.9995,
-                 warmup_steps=10, use_gpu=True, device=None, *, history_size=10000):
+                 warmup_steps=10, use_gpu=True, device=None, *, amsgrad=False, maximize=False, history_size=10000):
         check_range("surprise_gamma", surprise_gamma, 0, 1, label="surprise_gamma value")
         check_range("surprise_alpha", surprise_alpha, 0, 1, label="surprise_alpha value")
         check_range("trauma_threshold", trauma_threshold, 0, low_open=True, label="trauma_threshold value")
@@ -320,8 +321,8 @@ class AutoHypergradientAdamW(_HypergradientBase):
         self.surprise_gamma = float(surprise_gamma)
         self.surprise_alpha = float(surprise_alpha)
         self.trauma_threshold = float(trauma_threshold)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=False,
-                        maximize=False, hyper_lr=hyper_lr, hyper_lr_beta=hyper_lr_beta, lr_min=lr_min,
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, hyper_lr=hyper_lr, hyper_lr_beta=hyper_lr_beta, lr_min=lr_min,
                         lr_max=lr_max, adapt_momentum=bool(adapt_momentum), beta_min=beta_min,
                         beta_max=beta_max, warmup_steps=warmup_steps)
         super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size)

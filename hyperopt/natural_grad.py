@@ -349,7 +349,7 @@ class HCNaturalGrad(Optimizer):
         sd["hash_step"] = self._hash_step
         return sd
 
-    def load_state_dict(self, state_dict):
+    def _load_state(self, state_dict):
         if self._functional:
             if not state_dict.get("functional"):
                 raise ValueError("state dict comes from an HCNaturalGrad over parameters, this one is functional")
@@ -361,7 +361,7 @@ class HCNaturalGrad(Optimizer):
             return
         if state_dict.get("functional"):
             raise ValueError("state dict comes from a functional HCNaturalGrad, this one is built over parameters")
-        super().load_state_dict(state_dict)
+        super()._load_state(state_dict)
         self._rng.bit_generator.state = state_dict["rng"]
         self._hash_step = int(state_dict.get("hash_step", 0))
 

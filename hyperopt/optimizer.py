@@ -12,6 +12,7 @@ Subclasses declare ``state_buffers`` (per-element state, zero-initialised) and i
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import pickle
@@ -34,6 +35,8 @@ def _data(p) -> np.ndarray:
 class Optimizer:
     #: names of per-element state arrays every parameter gets on its first step (zeros)
     state_buffers: tuple[str, ...] = ()
+    #: group keys that are bookkeeping, not hyperparameters (left out of ``repr``)
+    _internal_group_keys: tuple[str, ...] = ()
 
     def __init__(self, params, defaults: dict, *, use_gpu: bool = False, device: str | None = None):
         self.defaults = dict(defaults)
@@ -85,7 +88,12 @@ class Optimizer:
         self._validate_group(group)
         self.param_groups.append(group)
         if rebind:
-            self._rebind()
+            try:
+                self._rebind()
+            except Exception:   # e.g. a float64 array on the Vulkan backend: the optimizer stays as it was
+                self.param_groups.pop()
+                self._rebind()
+                raise
 
     def _rebind(self):
         self._backend.bind([_data(p) for p in self.params()], self.state_buffers)
@@ -98,7 +106,8 @@ class Optimizer:
     def _revalidate(self) -> None:
         """Check groups a schedule (or the user) changed since the last step, before anything moves."""
         seen = getattr(self, "_validated", None)
-        snapshot = [[v for k, v in g.items() if k != "params"] for g in self.param_groups]
+        snapshot = [[list(v) if isinstance(v, list) else v for k, v in g.items() if k != "params"]
+                    for g in self.param_groups]
         try:
             same = snapshot == seen
         except (TypeError, ValueError):   # e.g. an array-valued hyperparameter
@@ -106,6 +115,8 @@ class Optimizer:
         if not same:
             for group in self.param_groups:
                 self._validate_group(group)
+            if tuple(self.state_buffers) != tuple(self._backend.buffers):
+                self._rebind()      # a group switched on an option that needs another state buffer
             self._validated = snapshot
 
     # ------------------------------------------------------------------ stepping
@@ -175,7 +186,7 @@ class Optimizer:
     def state_of(self, p) -> dict:
         """Everything the optimizer keeps for parameter ``p`` (copies on the Vulkan path)."""
         i = self._index[id(p)] if not isinstance(p, int) else p
-        out = dict(self.state.get(i, {}))
+        out = copy.deepcopy(self.state.get(i, {}))
         if i in self.state:
             for name in self._backend.buffers:
                 out[name] = self._backend.read(name, i)
@@ -206,8 +217,17 @@ class Optimizer:
         return {"state": state, "param_groups": groups, "extra": self._group_extra()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore a ``state_dict()``; checks everything before changing anything."""
-        state_dict = pickle.loads(pickle.dumps(state_dict))   # never alias the caller's arrays
+        """Restore a ``state_dict()``.  All or nothing: a dict that fails a check part-way leaves
+        the optimizer exactly as it was."""
+        backup = self.state_dict()
+        try:
+            self._load_state(pickle.loads(pickle.dumps(state_dict)))   # never alias the caller's arrays
+        except Exception:
+            self._load_state(backup)
+            raise
+
+    def _load_state(self, state_dict: dict) -> None:
+        """``load_state_dict`` without the rollback (subclasses extend this one)."""
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
             raise ValueError(f"loaded state dict has {len(groups)} parameter groups, optimizer has {len(self.param_groups)}")
@@ -220,15 +240,21 @@ class Optimizer:
             if not 0 <= int(i) < len(params):
                 raise ValueError(f"state dict has state for parameter {i}, optimizer has {len(params)}")
             shape = _data(params[int(i)]).shape
-            for name in self._backend.buffers:
-                if name in entry and np.shape(entry[name]) != shape:
-                    raise ValueError(f"state '{name}' of parameter {i} has shape {np.shape(entry[name])}, expected {shape}")
+            for name, value in entry.items():
+                if isinstance(value, np.ndarray) and value.shape != shape and name in self._backend.buffers:
+                    raise ValueError(f"state '{name}' of parameter {i} has shape {value.shape}, expected {shape}")
+                if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not _all_finite(value):
+                    raise ValueError(f"state '{name}' of parameter {i} contains NaN or infinity")
         for mine, theirs in zip(self.param_groups, groups):
             candidate = dict(mine, **{k: v for k, v in theirs.items() if k != "params"})
             self._validate_group(candidate)
         for mine, theirs in zip(self.param_groups, groups):
             mine.update({k: v for k, v in theirs.items() if k != "params"})
+        if tuple(self.state_buffers) != tuple(self._backend.buffers):
+            self._rebind()          # e.g. amsgrad switched on: its buffer must exist before the write
         self.state = {}
+        for i in range(len(params)):
+            self._backend.clear(i)  # parameters the dict has no state for start fresh
         for i, entry in state_dict["state"].items():
             i = int(i)
             self.state[i] = {k: v for k, v in entry.items() if k not in self._backend.buffers}
@@ -255,7 +281,7 @@ class Optimizer:
         for gi, g in enumerate(self.param_groups):
             lines.append(f"Parameter Group {gi}")
             for k in sorted(g):
-                if k != "params":
+                if k != "params" and k not in self._internal_group_keys:
                     lines.append(f"    {k}: {g[k]}")
         return "\n".join(lines)
 

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..kernels.core import CONTROL
+from ..kernels.core import CONTROL, dispatch
 
 # 128K floats per chunk: a chunk's buffers stay in cache between the twin's passes (measured best
 # with two threads on two cores: 32K chunks spend too long in Python, 512K ones fall out of cache).
@@ -156,8 +156,5 @@ class Program:
     """A list of (kernel, buffer names) dispatches with one scalar table each."""
 
     def __init__(self, dispatches, n_segments):
-        self.dispatches = [(k, tuple(names) if names else k.buffers) for k, names in dispatches]
-        for k, names in self.dispatches:
-            if len(names) != len(k.buffers):
-                raise ValueError(f"kernel {k.name} takes buffers {k.buffers}, got {names}")
+        self.dispatches = [dispatch(k, names) for k, names in dispatches]
         self.tables = [np.zeros((n_segments, len(k.scalars)), np.float32) for k, _ in self.dispatches]

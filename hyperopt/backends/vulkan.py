@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 import vulkan as vk
 
-from ..kernels.core import CONTROL
+from ..kernels.core import CONTROL, dispatch
 
 ffi = vk.ffi
 SPIRV = Path(__file__).resolve().parent.parent / "spirv"
-WG_SIZE = 256
 ROW_CPU, ROW_GPU = 16384, 4096     # elements per workgroup: fewer, larger rows suit CPU drivers
 ALIGN = 64                    # floats: segment starts are 256-byte aligned
 PUSH_BYTES = 16               # struct Dispatch in common.glsli: 4 x uint
@@ -51,6 +50,13 @@ class Context:
         self.validation = os.environ.get("HYPEROPT_VULKAN_VALIDATION") == "1"
         self._messenger = None
         self.instance = self._create_instance()
+        try:
+            self._open(selector)
+        except BaseException:
+            self._destroy_instance()     # no device: nothing may stay behind
+            raise
+
+    def _open(self, selector):
         self.physical, self.props = self._pick_device(selector)
         self.name = _text(self.props.deviceName)
         self.driver = self._driver_info()
@@ -201,6 +207,9 @@ class Context:
         vk.vkDestroyFence(self.device, self.fence, None)
         vk.vkDestroyCommandPool(self.device, self.pool, None)
         vk.vkDestroyDevice(self.device, None)
+        self._destroy_instance()
+
+    def _destroy_instance(self):
         if self._messenger is not None:
             vk.vkGetInstanceProcAddr(self.instance, "vkDestroyDebugUtilsMessengerEXT")(self.instance, self._messenger, None)
         vk.vkDestroyInstance(self.instance, None)
@@ -219,9 +228,19 @@ def check(result):
 _contexts: dict[str, Context] = {}
 
 
+_unavailable: dict[str, VulkanUnavailable] = {}
+
+
 def context(selector: str) -> Context:
+    """The shared context of a device selector; a selector that found no device is not retried."""
+    if selector in _unavailable:
+        raise _unavailable[selector]
     if selector not in _contexts:
-        _contexts[selector] = Context(selector)
+        try:
+            _contexts[selector] = Context(selector)
+        except VulkanUnavailable as exc:
+            _unavailable[selector] = exc
+            raise
     return _contexts[selector]
 
 
@@ -285,7 +304,7 @@ class VulkanBackend:
     def __init__(self, device: str = "gpu"):
         try:
             self.ctx = context(str(device))
-        except VulkanUnavailable:
+        except VulkanUnavailable:  # already says why
             raise
         except Exception as exc:   # a broken driver must not take the user's training loop down
             raise VulkanUnavailable(f"Vulkan initialisation failed: {exc!r}") from None
@@ -313,7 +332,7 @@ class VulkanBackend:
         self._params = list(arrays)
         self.buffers = tuple(state_names)
         sizes = np.array([a.size for a in arrays], np.int64)
-        padded = (sizes + ALIGN - 1) // ALIGN * ALIGN
+        padded = np.maximum((sizes + ALIGN - 1) // ALIGN * ALIGN, ALIGN)   # empty ones too: windows stay inside
         self.offsets = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
         self.sizes = sizes
         total = int(padded.sum())
@@ -391,24 +410,21 @@ class VulkanBackend:
         self._staging.clear()
 
     # -------------------------------------------------------------- host <-> device
-    def _region(self, i):
-        return self._slices[i]
-
-    def _copy(self, src: Buffer, dst: Buffer, region: slice | None = None):
-        start = 0 if region is None else region.start * 4
-        size = min(src.nbytes, dst.nbytes) if region is None else (region.stop - region.start) * 4
-        if size:
+    def _copy(self, src: Buffer, dst: Buffer, src_offset=0, dst_offset=0, nbytes=None):
+        nbytes = min(src.nbytes, dst.nbytes) if nbytes is None else nbytes
+        if nbytes:
             self.ctx.one_shot(lambda cmd: vk.vkCmdCopyBuffer(cmd, src.buffer, dst.buffer, 1, [
-                vk.VkBufferCopy(srcOffset=start, dstOffset=start, size=size)]))
+                vk.VkBufferCopy(srcOffset=src_offset, dstOffset=dst_offset, size=nbytes)]))
 
     def read(self, name, i):
-        arena, r = self._arenas[name], self._region(i)
+        arena, r = self._arenas[name], self._slices[i]
+        shape = self._params[i].shape
         if arena.view is not None:
-            return arena.floats()[r].reshape(self._params[i].shape).copy()
-        tmp = Buffer(self.ctx, arena.nbytes, host=True)
+            return arena.floats()[r].reshape(shape).copy()
+        tmp = Buffer(self.ctx, (r.stop - r.start) * 4, host=True)     # staging for this region only
         try:
-            self._copy(arena, tmp, r)
-            return tmp.floats()[r].reshape(self._params[i].shape).copy()
+            self._copy(arena, tmp, r.start * 4, 0, (r.stop - r.start) * 4)
+            return tmp.floats()[: r.stop - r.start].reshape(shape).copy()
         finally:
             tmp.free()
 
@@ -417,7 +433,7 @@ class VulkanBackend:
         if i not in self._touched:
             return                           # never written since allocation: still zero
         self._touched.discard(i)
-        r = self._region(i)
+        r = self._slices[i]
         arenas = [self._arenas[name] for name in self.buffers]
         if not self.ctx.staging:
             for arena in arenas:
@@ -428,15 +444,15 @@ class VulkanBackend:
 
     def write(self, name, i, values):
         self._touched.add(i)
-        arena, r = self._arenas[name], self._region(i)
+        arena, r = self._arenas[name], self._slices[i]
         values = np.broadcast_to(np.asarray(values, np.float32), self._params[i].shape).reshape(-1)
         if arena.view is not None:
             arena.floats()[r] = values
             return
-        tmp = Buffer(self.ctx, arena.nbytes, host=True)
+        tmp = Buffer(self.ctx, (r.stop - r.start) * 4, host=True)
         try:
-            tmp.floats()[r] = values
-            self._copy(tmp, arena, r)
+            tmp.floats()[: r.stop - r.start] = values
+            self._copy(tmp, arena, 0, r.start * 4, (r.stop - r.start) * 4)
         finally:
             tmp.free()
 
@@ -445,7 +461,7 @@ class VulkanBackend:
         target = self._staging.get("param") or self._arenas["param"]
         view = target.floats()
         for i, a in enumerate(self._params):
-            view[self._region(i)] = a.reshape(-1)
+            view[self._slices[i]] = a.reshape(-1)
         if self.ctx.staging:
             self._copy(target, self._arenas["param"])
 
@@ -516,10 +532,7 @@ class VulkanProgram:
         ctx = self.ctx = backend.ctx
         self._arenas, self._staging = backend._arenas, backend._staging   # not the backend: no cycle
         n_seg = len(backend._params)
-        self.dispatches = [(k, tuple(names) if names else k.buffers) for k, names in dispatches]
-        for k, names in self.dispatches:
-            if len(names) != len(k.buffers):
-                raise ValueError(f"kernel {k.name} takes buffers {k.buffers}, got {names}")
+        self.dispatches = [dispatch(k, names) for k, names in dispatches]
         self._buffers: list[Buffer] = []
         self.tables, self.sum_outputs = [], []
         self._sets = []            # (pipeline, layout, descriptor set, push constants, group count) in order

@@ -51,6 +51,14 @@ class Kernel:
         return self.numpy(*args, **kwargs)
 
 
+def dispatch(kernel: Kernel, names) -> tuple[Kernel, tuple[str, ...]]:
+    """A program entry: the kernel and the buffer names bound to its buffers (default: its own)."""
+    names = tuple(names) if names else kernel.buffers
+    if len(names) != len(kernel.buffers):
+        raise ValueError(f"kernel {kernel.name} takes buffers {kernel.buffers}, got {names}")
+    return kernel, names
+
+
 def kernel(name: str, *, kind: str = ELEMENTWISE, buffers=(), scalars=(), sums=(), ctl=False):
     """Declare a kernel and register its NumPy twin (used as a decorator)."""
     if kind not in (ELEMENTWISE, CONTROL):
