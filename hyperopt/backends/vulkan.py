@@ -339,8 +339,8 @@ class VulkanBackend:
         # work rows: (segment, begin, end, 0), never crossing a segment
         rows = []
         for s, (off, n) in enumerate(zip(self.offsets, sizes)):
-            starts = np.arange(0, max(int(n), 1), self.ctx.row_size)
-            rows += [(s, off + b, off + min(b + self.ctx.row_size, n), 0) for b in starts]
+            length = self._row_length(int(n))
+            rows += [(s, off + b, off + min(b + length, n), 0) for b in range(0, max(int(n), 1), length)]
         self._rows = np.array(rows, np.uint32).reshape(-1, 4)
         self.n_rows = len(self._rows)
         first = np.searchsorted(self._rows[:, 0], np.arange(len(arrays)))
@@ -370,6 +370,13 @@ class VulkanBackend:
                 for aid, j in old_ids.items():
                     if aid in new_ids:
                         self.write(name, new_ids[aid], values[j])
+
+    def _row_length(self, n):
+        """Elements per work row of an n-element parameter: at most ``row_size``, and at least two
+        equal rows from 4K elements on, so that two cores (or SMs) share even a small tensor."""
+        rows = max(-(-n // self.ctx.row_size), min(2, -(-n // 4096)), 1)
+        per_row = -(-n // rows)
+        return max(ALIGN, -(-per_row // ALIGN) * ALIGN)      # rounded up to whole aligned blocks
 
     def _plan_windows(self, total):
         """Split the rows into dispatches whose arena span fits one binding and one dispatch."""
