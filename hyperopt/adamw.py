@@ -21,8 +21,8 @@ class AdamW(Optimizer):
             p   <- p - lr / (1 - beta1^t) * m / (sqrt(v') / sqrt(1 - beta2^t) + eps)
 
     Every hyperparameter can be overridden per parameter group and is read at each step.  A
-    parameter without a gradient is skipped: no decay, no state, no step count.  (Upstream grilly
-    read only the constructor's values and counted steps globally.)
+    parameter without a gradient is skipped: no decay, no state, no step count.  (Upstream read
+    only the constructor's values and counted steps globally.)
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,

@@ -66,7 +66,7 @@ class HL(Optimizer):
     ``use_gpu``; one kernel, ``hamiltonian_euler``, moves weights and costates); the neuron costates
     are small and stay on the host, where the caller reads them every step.
 
-    Deliberate differences from upstream (unaiverse 0.1.31): ``local=True`` with
+    Deliberate differences from upstream: ``local=True`` with
     ``reset_weight_costate=True`` is refused (upstream accepts it and the weights never move, since
     each step moves them with a costate that ``zero_grad`` has just cleared); ``state_dict`` /
     ``load_state_dict`` exist (upstream has none); hyperparameters are read from the group at every

@@ -163,7 +163,7 @@ class HCNaturalGrad(Optimizer):
     then, after the host's CG, ``theta += sum_j (-lr v_j) P[:, j]`` and the clip: two submits with
     the hash projection, D + 2 with the NumPy stream; a step without branches is one submit.
 
-    Deliberate differences from upstream (qml-hcs 0.2.0): malformed branches (not a finite K x D
+    Deliberate differences from upstream: malformed branches (not a finite K x D
     matrix) raise ValueError (upstream silently falls back to plain descent when ``ndim != 2``); a
     missing gradient key raises ValueError (upstream: KeyError); hyperparameters are validated.
     """
