@@ -1,5 +1,5 @@
 #version 450
-// AutoSGM pass 1 of 3 (a numerator estimator is active): the front end of autosgm-update.glsl, the step
+// AutoSGM pass 1 of 3 (a numerator estimator is active): the shared front end, the step
 // direction v stored in upd[], the estimator's state updated, and the per-element estimate e summed per
 // tensor.  Every expression is precise (no fused multiply-add).  NumPy twin: hyperopt/kernels/autosgm.py
 #include "common.glsli"
@@ -36,6 +36,8 @@ layout(set = 0, binding = 10, std430) buffer Pcor { float pcor[]; };
 layout(set = 0, binding = 11, std430) buffer Pcx { float pcx[]; };
 layout(set = 0, binding = 12, std430) writeonly buffer Upd { float upd[]; };
 
+#include "autosgm-front.glsli"
+
 void main() {
     WORK_ROW
     Scalars s = seg[segment];
@@ -44,30 +46,8 @@ void main() {
     FOR_EACH_ELEMENT(k) {
         precise float w = param[k];
         precise float g = grad[k];
-        if (s.huber != 0.0) {
-            precise float mag = abs(g);
-            precise float h = g_mag[k] + s.one_minus_beta_a * mag;
-            precise float mu = h * s.huber_scale;
-            g_mag[k] = s.beta_a * h;
-            g = sign(g) * min(mag, 4.0 * mu);
-        }
-        precise float wd_w = s.wd * w;
-        if (s.coupled != 0.0) g = g + wd_w;
-        precise float a = s.eta_i * g;
-        precise float sm = g_sm[k] + a;
-        precise float v = sm * s.smooth_scale;
-        g_sm[k] = s.beta_i * sm - s.gamma_i * a;
-        precise float d = 1.0;
-        if (s.aopt != 0.0) {
-            precise float q = g + s.eps;
-            q = q * q;
-            q = q * s.eta_a;
-            q = q + g_var[k];
-            d = sqrt(q * s.moment_scale) + s.eps;
-            g_var[k] = s.beta_a * q;
-            v = v / d;
-        }
-        if (s.decoupled != 0.0) v = v + s.decoupled * wd_w;
+        float d;
+        precise float v = autosgm_front(s, k, w, g, d);
         upd[k] = v;
 
         precise float est = 0.0;

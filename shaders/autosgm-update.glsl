@@ -2,7 +2,6 @@
 // AutoSGM, one pass with a host-side step size: Huber prefilter (num_lrc 4), coupled decay, lowpass
 // filter, moment normalisation, decoupled decay, then p += alpha * v.  Every expression is precise
 // (no fused multiply-add) to follow the NumPy twin's rounding.  NumPy twin: hyperopt/kernels/autosgm.py
-// (the front end is the same as in autosgm-stats.glsl).
 #include "common.glsli"
 
 struct Scalars {
@@ -30,35 +29,16 @@ layout(set = 0, binding = 6, std430) buffer GSm { float g_sm[]; };
 layout(set = 0, binding = 7, std430) buffer GVar { float g_var[]; };
 layout(set = 0, binding = 8, std430) buffer GMag { float g_mag[]; };
 
+#include "autosgm-front.glsli"
+
 void main() {
     WORK_ROW
     Scalars s = seg[segment];
     FOR_EACH_ELEMENT(k) {
         precise float w = param[k];
         precise float g = grad[k];
-        if (s.huber != 0.0) {
-            precise float mag = abs(g);
-            precise float h = g_mag[k] + s.one_minus_beta_a * mag;
-            precise float mu = h * s.huber_scale;
-            g_mag[k] = s.beta_a * h;
-            g = sign(g) * min(mag, 4.0 * mu);
-        }
-        precise float wd_w = s.wd * w;
-        if (s.coupled != 0.0) g = g + wd_w;
-        precise float a = s.eta_i * g;
-        precise float sm = g_sm[k] + a;
-        precise float v = sm * s.smooth_scale;
-        g_sm[k] = s.beta_i * sm - s.gamma_i * a;
-        if (s.aopt != 0.0) {
-            precise float q = g + s.eps;
-            q = q * q;
-            q = q * s.eta_a;
-            q = q + g_var[k];
-            precise float d = sqrt(q * s.moment_scale) + s.eps;
-            g_var[k] = s.beta_a * q;
-            v = v / d;
-        }
-        if (s.decoupled != 0.0) v = v + s.decoupled * wd_w;
+        float d;
+        precise float v = autosgm_front(s, k, w, g, d);
         param[k] = w + s.alpha * v;
     }
 }
