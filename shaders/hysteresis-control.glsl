@@ -5,16 +5,7 @@
 // float32 throughout, every expression precise (no fused multiply-add) so it matches the twin
 // bit for bit.  NumPy twin: hyperopt/kernels/hysterograd.py
 #include "common.glsli"
-
-#define CTL_TAU 0u
-#define CTL_TEMP 1u
-#define CTL_ENERGY 2u
-#define CTL_NORM 3u
-#define CTL_BARRIER 4u
-#define CTL_LIQUID 5u
-#define CTL_CLIP 6u
-#define CTL_STARTED 7u
-#define CTL_STRIDE 8u
+#include "hysterograd.glsli"
 
 struct Scalars {
     float seg_begin;          // the group's segments are [seg_begin, seg_end)

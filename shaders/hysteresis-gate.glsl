@@ -4,9 +4,7 @@
 // operations as natural-gradient.glsl.  NumPy twin: hyperopt/kernels/hysterograd.py
 // Four elements per invocation, as in natural-gradient.glsl.
 #include "common.glsli"
-
-#define CTL_LIQUID 5u
-#define CTL_CLIP 6u
+#include "hysterograd.glsli"
 
 struct Scalars {
     float lr;
@@ -18,12 +16,6 @@ layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
 layout(set = 0, binding = 4, std430) buffer Param { vec4 param[]; };
 layout(set = 0, binding = 5, std430) readonly buffer Grad { vec4 grad[]; };
 layout(set = 0, binding = 6, std430) readonly buffer Metric { vec4 metric[]; };
-
-vec4 metric_root(vec4 G, float power) {
-    if (power == 0.5) return sqrt(G);
-    if (power == 1.0) return G;
-    return pow(G, vec4(power));
-}
 
 void main() {
     WORK_ROW

@@ -4,6 +4,7 @@
 // Four elements per invocation (vec4 loads: faster on CPU Vulkan, free on a GPU); lanes past the end
 // of the row keep their values and add nothing to the sum.
 #include "common.glsli"
+#include "hysterograd.glsli"
 
 struct Scalars {
     float beta;
@@ -14,13 +15,6 @@ struct Scalars {
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
 layout(set = 0, binding = 4, std430) readonly buffer Grad { vec4 grad[]; };
 layout(set = 0, binding = 5, std430) buffer Metric { vec4 metric[]; };
-
-// The exact paths for 0.5 and 1.0 keep the default bit-identical to the NumPy twin.
-vec4 metric_root(vec4 G, float power) {
-    if (power == 0.5) return sqrt(G);
-    if (power == 1.0) return G;
-    return pow(G, vec4(power));
-}
 
 void main() {
     WORK_ROW

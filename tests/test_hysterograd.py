@@ -303,12 +303,13 @@ def test_invalid_group_override_is_refused_before_the_step_changes_anything():
 # ---------------------------------------------------------------------------- kernels
 def test_shaders_use_the_control_layout_of_the_twins():
     names = {k: v for k, v in vars(hk).items() if k.startswith("CTL_")}
+    text = (ROOT / "shaders" / "hysterograd.glsli").read_text()
+    defines = dict(re.findall(r"#define (CTL_\w+) (\d+)u", text))
+    assert defines.keys() == names.keys()
+    for name, value in defines.items():
+        assert names[name] == int(value), name
     for shader in ("hysteresis-control", "hysteresis-gate"):
-        text = (ROOT / "shaders" / f"{shader}.glsl").read_text()
-        defines = dict(re.findall(r"#define (CTL_\w+) (\d+)u", text))
-        assert defines, shader
-        for name, value in defines.items():
-            assert names[name] == int(value), (shader, name)
+        assert '#include "hysterograd.glsli"' in (ROOT / "shaders" / f"{shader}.glsl").read_text()
 
 
 def test_backends_agree_on_odd_sizes_and_extreme_values(opt_kwargs):
