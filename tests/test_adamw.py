@@ -23,11 +23,9 @@ def _pair(rng, opt_kwargs, amsgrad, maximize=False):
     return ps, tp, ours, ref
 
 
-@pytest.mark.parametrize("amsgrad", [False, True])
-def test_matches_torch_over_200_steps(backend, opt_kwargs, rng, amsgrad):
-    ps, tp, ours, ref = _pair(rng, opt_kwargs, amsgrad)
-    assert ours.backend.startswith(backend)
-    for _ in range(200):
+def _step_both(rng, ps, tp, ours, ref, steps):
+    """The same random gradients through both optimizers; then the parameters must agree."""
+    for _ in range(steps):
         grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
         ours.step(gradients=grads)
         for t, g in zip(tp, grads):
@@ -35,21 +33,20 @@ def test_matches_torch_over_200_steps(backend, opt_kwargs, rng, amsgrad):
         ref.step()
     for p, t in zip(ps, tp):
         np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_matches_torch_over_200_steps(backend, opt_kwargs, rng, amsgrad):
+    ps, tp, ours, ref = _pair(rng, opt_kwargs, amsgrad)
+    assert ours.backend.startswith(backend)
+    _step_both(rng, ps, tp, ours, ref, 200)
     st = ours.state_of(ps[2])
     np.testing.assert_allclose(st["exp_avg_sq"], ref.state[tp[2]]["exp_avg_sq"].numpy(), rtol=1e-5, atol=1e-12)
     assert st["step"] == 200
 
 
 def test_maximize_matches_torch(backend, opt_kwargs, rng):
-    ps, tp, ours, ref = _pair(rng, opt_kwargs, False, maximize=True)
-    for _ in range(20):
-        grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-        ours.step(gradients=grads)
-        for t, g in zip(tp, grads):
-            t.grad = torch.tensor(g)
-        ref.step()
-    for p, t in zip(ps, tp):
-        np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-5, atol=1e-7)
+    _step_both(rng, *_pair(rng, opt_kwargs, False, maximize=True), 20)
 
 
 def test_backends_agree_on_odd_sizes_and_extreme_values(rng, backend, opt_kwargs):
