@@ -287,12 +287,14 @@ class Optimizer:
 
 
 def _all_finite(a: np.ndarray) -> bool:
-    # One fast pass: a NaN or infinity always makes the sum of squares non-finite (squares cannot
-    # cancel); a non-finite sum of finite values (overflow past ~1.8e19) is rare, so only then is
-    # the exact check paid for.
+    if a.size <= 1 << 16:              # small: the plain check is cheaper than the errstate below
+        return bool(np.isfinite(a).all())
+    # Large: one fast pass.  A NaN or infinity always makes the sum of squares non-finite (squares
+    # cannot cancel); a non-finite sum of finite values (overflow past ~1.8e19) is rare, so only
+    # then is the exact check paid for.
     flat = a.reshape(-1) if a.flags.c_contiguous else a.ravel()
     with np.errstate(over="ignore", invalid="ignore"):
-        s = float(np.dot(flat, flat)) if flat.dtype.kind == "f" else 0.0
+        s = float(np.dot(flat, flat))
     return math.isfinite(s) or bool(np.isfinite(a).all())
 
 

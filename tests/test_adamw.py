@@ -154,12 +154,17 @@ def test_bad_input_leaves_everything_unchanged(backend, opt_kwargs, rng, case):
     assert after_state == before_state
 
 
-def test_overflowing_sum_is_not_mistaken_for_nonfinite(backend, opt_kwargs):
-    p = np.zeros(4, np.float32)
+@pytest.mark.parametrize("n", [4, 100_000])      # the small check and the one-pass check for large arrays
+def test_overflowing_sum_is_not_mistaken_for_nonfinite(backend, opt_kwargs, n):
+    p = np.zeros(n, np.float32)
     opt = AdamW([p], **opt_kwargs)
     with np.errstate(over="ignore"):                          # g*g overflows, as in torch
-        opt.step(gradients=[np.full(4, 3e38, np.float32)])  # the sum overflows, the values are finite
+        opt.step(gradients=[np.full(n, 3e38, np.float32)])  # the sum overflows, the values are finite
     assert np.all(np.isfinite(p))
+    g = np.ones(n, np.float32)
+    g[n // 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        opt.step(gradients=[g])
 
 
 def test_state_dict_checks(backend, opt_kwargs):
