@@ -21,9 +21,7 @@ layout(set = 0, binding = 4, std430) buffer Param { float param[]; };
 layout(set = 0, binding = 5, std430) readonly buffer Key { float key[]; };
 
 
-// +c or -c: exact, so the update rounds as the NumPy twin's does
-float signed_coef(uint h, uint bit, float c) { return ((h >> bit) & 1u) != 0u ? -c : c; }
-
+// hash_sign(...) * c is exactly +c or -c, so the update rounds as the NumPy twin's does
 void main() {
     WORK_ROW
     Scalars s = seg[segment];
@@ -34,10 +32,10 @@ void main() {
     FOR_EACH_ELEMENT(e) {
         uint h = hash32(floatBitsToUint(key[e]) ^ st);
         float p = param[e];
-        p += signed_coef(h, b, s.c0);
-        if (n > 1u) p += signed_coef(h, b + 1u, s.c1);
-        if (n > 2u) p += signed_coef(h, b + 2u, s.c2);
-        if (n > 3u) p += signed_coef(h, b + 3u, s.c3);
+        p += hash_sign(h, b) * s.c0;
+        if (n > 1u) p += hash_sign(h, b + 1u) * s.c1;
+        if (n > 2u) p += hash_sign(h, b + 2u) * s.c2;
+        if (n > 3u) p += hash_sign(h, b + 3u) * s.c3;
         if (clip) p = clamp(p, -s.clip, s.clip);
         param[e] = p;
     }

@@ -17,8 +17,6 @@ layout(set = 0, binding = 4, std430) readonly buffer Grad { float grad[]; };
 layout(set = 0, binding = 5, std430) readonly buffer Key { float key[]; };
 
 
-float sign_bit(uint h, uint bit) { return ((h >> bit) & 1u) != 0u ? -1.0 : 1.0; }
-
 void main() {
     WORK_ROW
     Scalars s = seg[segment];
@@ -29,10 +27,10 @@ void main() {
     FOR_EACH_ELEMENT(e) {
         uint h = hash32(floatBitsToUint(key[e]) ^ st);
         float g = grad[e];
-        acc.x += sign_bit(h, b) * g;
-        if (n > 1u) acc.y += sign_bit(h, b + 1u) * g;
-        if (n > 2u) acc.z += sign_bit(h, b + 2u) * g;
-        if (n > 3u) acc.w += sign_bit(h, b + 3u) * g;
+        acc.x += hash_sign(h, b) * g;
+        if (n > 1u) acc.y += hash_sign(h, b + 1u) * g;
+        if (n > 2u) acc.z += hash_sign(h, b + 2u) * g;
+        if (n > 3u) acc.w += hash_sign(h, b + 3u) * g;
     }
     write_partial(0, s.scale * workgroup_sum(acc.x));
     write_partial(1, s.scale * workgroup_sum(acc.y));

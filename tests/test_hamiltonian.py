@@ -52,12 +52,17 @@ def train(model, hl, steps, gamma=1.0):
 
 
 # ---------------------------------------------------------------------------- golden replays
-@pytest.mark.parametrize("name", ["hl_default_local", "hl_nonlocal"])
-def test_golden_replay_with_stored_gradients(name, opt_kwargs):
+def _golden_setup(name, opt_kwargs):
+    """The reference file, its TinySSM at the initial weights, and HL configured as it was."""
     d = _golden(name)
     kw = json.loads(str(d["config_json"]))["hl_kwargs"]
     model = TinySSM.from_arrays(d["A0"], d["B0"], d["C0"], d["h_init"], delta=0.1)
-    hl = HL(model, **kw, **opt_kwargs)
+    return d, model, HL(model, **kw, **opt_kwargs)
+
+
+@pytest.mark.parametrize("name", ["hl_default_local", "hl_nonlocal"])
+def test_golden_replay_with_stored_gradients(name, opt_kwargs):
+    d, model, hl = _golden_setup(name, opt_kwargs)
     for k in range(30):
         hl.step(gradients={n: d[f"traj_dH_d{n}"][k] for n in "ABC"}, h_grad=d["traj_dH_dh"][k])
         hl.zero_grad()
@@ -72,15 +77,12 @@ def test_golden_replay_with_stored_gradients(name, opt_kwargs):
 
 @pytest.mark.parametrize("name", ["hl_default_local", "hl_nonlocal"])
 def test_golden_replay_with_closed_form_tinyssm(name, opt_kwargs):
-    d = _golden(name)
-    kw = json.loads(str(d["config_json"]))["hl_kwargs"]
-    model = TinySSM.from_arrays(d["A0"], d["B0"], d["C0"], d["h_init"], delta=0.1)
-    hl = HL(model, **kw, **opt_kwargs)
+    d, model, hl = _golden_setup(name, opt_kwargs)
     for k in range(30):
         model.forward(d["inputs_u"][k])
         loss = model.loss(d["targets"][k])
         H = hl.compute_hamiltonian(loss)
-        dh, dw = model.hamiltonian_grads(d["targets"][k], hl.neuron_costate(), kw["gamma"])
+        dh, dw = model.hamiltonian_grads(d["targets"][k], hl.neuron_costate(), hl.param_groups[0]["gamma"])
         np.testing.assert_allclose(model.h, d["traj_h"][k], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(model.y, d["traj_y"][k], rtol=1e-4, atol=1e-6)
         assert loss == pytest.approx(d["traj_loss"][k], rel=1e-4, abs=1e-7)
