@@ -26,11 +26,11 @@ class AdamW(Optimizer):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, use_gpu=True, device=None):
+                 amsgrad=False, *, maximize=False, use_gpu=True, device=None, comm=None):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize)
         self._validate_group(defaults)
-        super().__init__(params, defaults, use_gpu=use_gpu, device=device)
+        super().__init__(params, defaults, use_gpu=use_gpu, device=device, comm=comm)
 
     @property
     def state_buffers(self):

@@ -181,7 +181,7 @@ class AutoSGM(Optimizer):
 
     def __init__(self, params, *, lr_cfg=(True, 1e-2, 0), beta_cfg=(0.9999, 0.999, 0.9, 0.0, 0.0, True),
                  rc_cfg=(0, 0, 0, 2, 1, 1000, 1, 1, 0), wd_cfg=(0.0, 0), eps_cfg=(1e-10,),
-                 mix_cfg=(False, False, 1e-2, 0.95, 0.0), maximize=False, use_gpu=True, device=None):
+                 mix_cfg=(False, False, 1e-2, 0.95, 0.0), maximize=False, use_gpu=True, device=None, comm=None):
         defaults = dict(lr_cfg=lr_cfg, beta_cfg=beta_cfg, rc_cfg=rc_cfg, wd_cfg=wd_cfg, eps_cfg=eps_cfg,
                         mix_cfg=mix_cfg, maximize=maximize)
         self._windows: dict[tuple, Window] = {}
@@ -189,7 +189,7 @@ class AutoSGM(Optimizer):
         self._ctl = None
         self._ctl_ids: list[int] = []
         self._validate_group(defaults)
-        super().__init__(params, defaults, use_gpu=use_gpu, device=device)
+        super().__init__(params, defaults, use_gpu=use_gpu, device=device, comm=comm)
 
     # ------------------------------------------------------------------ configuration
     def _validate_group(self, group):

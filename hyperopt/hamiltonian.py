@@ -77,7 +77,7 @@ class HL(Optimizer):
     _internal_group_keys = ("model", "names")     # kept in the groups, not hyperparameters
 
     def __init__(self, models, *, gamma=1.0, flip=-1.0, theta=0.1, beta=1.0, reset_neuron_costate=False,
-                 reset_weight_costate=False, local=True, use_gpu=True, device=None):
+                 reset_weight_costate=False, local=True, use_gpu=True, device=None, comm=None):
         defaults = dict(gamma=gamma, flip=flip, theta=theta, beta=beta, reset_neuron_costate=reset_neuron_costate,
                         reset_weight_costate=reset_weight_costate, local=local)
         self._validate_group(defaults)
@@ -97,7 +97,7 @@ class HL(Optimizer):
             if not isinstance(group, dict) or "params" not in group:
                 raise ValueError("each HL parameter group must be a dict with a 'params' key holding the model")
         self._xi_costates: list[np.ndarray] = []
-        super().__init__(models, defaults, use_gpu=use_gpu, device=device)
+        super().__init__(models, defaults, use_gpu=use_gpu, device=device, comm=comm)
 
     @classmethod
     def for_params(cls, params, *, delta=0.1, **kwargs):
@@ -184,7 +184,7 @@ class HL(Optimizer):
         for group in self.param_groups:
             self._validate_group(group)
         deltas = [_check_delta(g["model"]) for g in self.param_groups]
-        grads = self._collect_gradients(self._by_name(gradients))
+        grads = self._collect_gradients(gradients, check=lambda: self._check_h_grads(h_grad))
         h_grads = self._check_h_grads(h_grad)
         for gi, group in enumerate(self.param_groups):
             keep, cstep, _ = self._coefficients(group, deltas[gi])
@@ -208,6 +208,9 @@ class HL(Optimizer):
         """(keep, costate step, negative weight step), in double; the kernels take them as float32."""
         decay = -group["flip"] * group["theta"]
         return 1.0 - decay, -delta * group["flip"], -delta * group["beta"]
+
+    def _collect_local_gradients(self, gradients):
+        return super()._collect_local_gradients(self._by_name(gradients))
 
     def _by_name(self, gradients):
         """Translate name-keyed gradients into the base class's ``{id(param): grad}``."""

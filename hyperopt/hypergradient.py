@@ -53,14 +53,14 @@ class _HypergradientBase(AdamW):
 
     _tracks_surprise = False
 
-    def __init__(self, params, defaults, *, use_gpu, device, history_size):
+    def __init__(self, params, defaults, *, use_gpu, device, history_size, comm=None):
         _check_history_size(history_size)
         self._history_size = history_size
         self._hyper: list[dict] = []   # per group: adaptation state and histories
         self._steps = 0                # optimizer steps that had at least one gradient
         self._validate_group(defaults)
         # AdamW.__init__ only assembles AdamW's own defaults; ours carry more keys.
-        super(AdamW, self).__init__(params, defaults, use_gpu=use_gpu, device=device)
+        super(AdamW, self).__init__(params, defaults, use_gpu=use_gpu, device=device, comm=comm)
 
     # ------------------------------------------------------------------ layout
     @property
@@ -244,11 +244,11 @@ class HypergradientAdamW(_HypergradientBase):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta_hyper=1e-7,
                  lr_min=1e-6, lr_max=1.0, log_scale=False, use_gpu=True, device=None, *, amsgrad=False,
-                 maximize=False, history_size=10000):
+                 maximize=False, history_size=10000, comm=None):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, beta_hyper=beta_hyper, lr_min=lr_min, lr_max=lr_max,
                         log_scale=bool(log_scale))
-        super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size)
+        super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size, comm=comm)
 
     def _validate_group(self, group):
         super()._validate_group(group)
@@ -313,7 +313,7 @@ class AutoHypergradientAdamW(_HypergradientBase):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, hyper_lr=0.01,
                  hyper_lr_beta=1.0, lr_min=1e-6, lr_max=1.0, adapt_momentum=False, track_surprise=False,
                  surprise_gamma=0.9, surprise_alpha=0.1, trauma_threshold=0.5, beta_min=0.5, beta_max=0.9995,
-                 warmup_steps=10, use_gpu=True, device=None, *, amsgrad=False, maximize=False, history_size=10000):
+                 warmup_steps=10, use_gpu=True, device=None, *, amsgrad=False, maximize=False, history_size=10000, comm=None):
         check_range("surprise_gamma", surprise_gamma, 0, 1, label="surprise_gamma value")
         check_range("surprise_alpha", surprise_alpha, 0, 1, label="surprise_alpha value")
         check_range("trauma_threshold", trauma_threshold, 0, low_open=True, label="trauma_threshold value")
@@ -325,7 +325,7 @@ class AutoHypergradientAdamW(_HypergradientBase):
                         maximize=maximize, hyper_lr=hyper_lr, hyper_lr_beta=hyper_lr_beta, lr_min=lr_min,
                         lr_max=lr_max, adapt_momentum=bool(adapt_momentum), beta_min=beta_min,
                         beta_max=beta_max, warmup_steps=warmup_steps)
-        super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size)
+        super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size, comm=comm)
         self._reset_surprise()
 
     @property

@@ -58,7 +58,7 @@ class HIOptimizer(Optimizer):
 
     def __init__(self, params, lr=1e-3, stiffening_factor=0.01, beta=0.99, epsilon=1e-7, cooling_rate=0.99,
                  initial_temp=1.0, metric_scale=1.0, adaptive_threshold=True, grad_clip=None,
-                 hysteresis_scale=1.0, *, metric_power=0.5, schmitt=None, use_gpu=True, device=None):
+                 hysteresis_scale=1.0, *, metric_power=0.5, schmitt=None, use_gpu=True, device=None, comm=None):
         defaults = dict(lr=lr, stiffening_factor=stiffening_factor, beta=beta, epsilon=epsilon,
                         cooling_rate=cooling_rate, initial_temp=initial_temp, metric_scale=metric_scale,
                         adaptive_threshold=adaptive_threshold, grad_clip=grad_clip,
@@ -66,7 +66,7 @@ class HIOptimizer(Optimizer):
         self._validate_group(defaults)
         self.last_loss = None
         self._result = ("Frozen", 0.0, 0.0)
-        super().__init__(params, defaults, use_gpu=use_gpu, device=device)
+        super().__init__(params, defaults, use_gpu=use_gpu, device=device, comm=comm)
 
     def _validate_group(self, group):
         check_range("lr", group["lr"], 0, label="learning rate")

@@ -99,7 +99,7 @@ def check_branches(branches) -> np.ndarray:
 
 
 def _hyperparameters(lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None, seed=12345, *,
-                     branches=_UNSET, projection=_UNSET, use_gpu=_UNSET, device=_UNSET):
+                     branches=_UNSET, projection=_UNSET, use_gpu=_UNSET, device=_UNSET, comm=None):
     return locals()
 
 
@@ -191,6 +191,7 @@ class HCNaturalGrad(Optimizer):
         self._functional = params is None
         if self._functional:
             extra = [k for k in ("branches", "projection", "use_gpu", "device") if cfg[k] is not _UNSET]
+            extra += ["comm"] if cfg["comm"] is not None else []
             if extra:
                 raise TypeError(f"HCNaturalGrad: {', '.join(extra)} only apply when constructed over parameters "
                                 "(the functional interface runs in float64 on the host)")
@@ -212,7 +213,7 @@ class HCNaturalGrad(Optimizer):
         self._n_proj = self.branches.shape[1] if (self.branches is not None and projection == "numpy") else 0
         self._hash_step = 0
         super().__init__(params, hyper, use_gpu=True if cfg["use_gpu"] is _UNSET else cfg["use_gpu"],
-                         device=None if cfg["device"] is _UNSET else cfg["device"])
+                         device=None if cfg["device"] is _UNSET else cfg["device"], comm=cfg["comm"])
 
     # ------------------------------------------------------------------ validation and layout
     def _validate_group(self, group):
@@ -263,11 +264,18 @@ class HCNaturalGrad(Optimizer):
         if self._functional:
             raise TypeError("this HCNaturalGrad was built without parameters: use step_params(model, params, "
                             "context), or construct it as HCNaturalGrad(params, ...)")
-        B = check_branches(branches) if branches is not None else self.branches
+        B = check_branches(branches) if branches is not None and self.comm is None else self.branches
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             self._validate_group(group)
-        grads = self._collect_gradients(gradients)
+        if self.comm is not None:   # checked among the ranks' inputs, and equal on every rank
+            given = {}
+            grads = self._collect_gradients(gradients, check=lambda: given.setdefault(
+                "B", check_branches(branches) if branches is not None else self.branches),
+                same=lambda: b"" if given["B"] is None else given["B"].tobytes())
+            B = given["B"]
+        else:
+            grads = self._collect_gradients(gradients)
         if grads:
             self._step(grads, B)
         return loss

@@ -38,7 +38,7 @@ class Optimizer:
     #: group keys that are bookkeeping, not hyperparameters (left out of ``repr``)
     _internal_group_keys: tuple[str, ...] = ()
 
-    def __init__(self, params, defaults: dict, *, use_gpu: bool = False, device: str | None = None):
+    def __init__(self, params, defaults: dict, *, use_gpu: bool = False, device: str | None = None, comm=None):
         self.defaults = dict(defaults)
         self.state: dict[int, dict] = {}
         self.param_groups: list[dict] = []
@@ -48,6 +48,10 @@ class Optimizer:
         if not isinstance(params[0], dict):
             params = [{"params": params}]
         self._backend = select_backend(use_gpu, device)
+        self.comm = comm
+        if comm is not None:    # data-parallel over MPI: see hyperopt/distributed.py
+            from .distributed import distributed_backend
+            self._backend = distributed_backend(comm, self._backend)
         for group in params:
             self._add_group(group, rebind=False)
         self._rebind()
@@ -139,8 +143,19 @@ class Optimizer:
     def _step(self, grads: dict[int, np.ndarray]) -> None:
         raise NotImplementedError
 
-    def _collect_gradients(self, gradients) -> dict[int, np.ndarray]:
-        """Gradients by parameter index, checked (shape, dtype, finite) before anything changes."""
+    def _collect_gradients(self, gradients, *, check=None, same=None) -> dict[int, np.ndarray]:
+        """Gradients by parameter index, checked (shape, dtype, finite) before anything changes.
+
+        ``check()`` validates the step's other inputs; ``same()`` returns bytes that must be equal on
+        every rank.  With ``comm`` all of it runs on every rank and the ranks agree on the outcome
+        before the gradients are averaged over them."""
+        if self.comm is not None:
+            return self._backend.collect(self._collect_local_gradients, gradients, check, same)
+        if check is not None:
+            check()
+        return self._collect_local_gradients(gradients)
+
+    def _collect_local_gradients(self, gradients) -> dict[int, np.ndarray]:
         params = self.params()
         raw: dict[int, object] = {}
         if gradients is None:

@@ -1,0 +1,378 @@
+"""Data-parallel optimizers over MPI, with the same bits for any number of ranks.
+
+An optimizer built with ``comm=`` (an mpi4py communicator) runs on every rank of it:
+
+1. ``step()`` checks each rank's local gradients, and the ranks agree on the outcome (a small
+   ``Allgather`` of error codes, messages and active sets, never floats) before any data moves, so
+   bad input on one rank makes every rank raise the same error with nothing changed anywhere.
+2. The gradients are averaged in a fixed order: ``Alltoallv`` sends each rank the pieces of every
+   rank's gradient that fall in its shard, the pieces are added pairwise in rank order
+   (``(g0 + g1) + (g2 + g3)``) and divided by the rank count; the averaged shards are gathered, so
+   the host logic of every optimizer sees the full averaged gradient, as in one process.
+3. Each rank keeps per-element optimizer state only for its shard and runs the kernels (NumPy
+   twins) there.  Every per-segment sum is rebuilt from per-block partials gathered from all ranks
+   (``Allgatherv`` of float64) and added in global block order starting from 0.0, exactly the NumPy
+   backend's definition, so every global quantity has the bits of the single-process optimizer.
+4. The updated parameter pieces are gathered, so after ``step()`` every rank's arrays are equal.
+
+The flat layout: each parameter is a segment cut into blocks of ``CHUNK`` elements from its start;
+blocks are numbered in global order, and each rank owns a contiguous run of them, balanced by
+element count.  For parameter ``i`` a rank holds the slice ``[a_i, b_i)`` (possibly empty).
+
+``state_dict()``/``state_of()`` are collective: every rank gets the full, consolidated state.
+``load_state_dict()`` takes that full dict on every rank and keeps its own shard, so a checkpoint
+written with any number of ranks loads with any other.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from . import backends as _backends
+from .backends.numpy_backend import CHUNK, _parallel
+from .kernels.core import CONTROL, dispatch
+
+_ERRORS = (ValueError, TypeError, KeyError, IndexError, RuntimeError)
+
+
+def rank_mean(pieces):
+    """The average of per-rank arrays as the distributed step computes it: a pairwise sum in rank
+    order (``(x0 + x1) + (x2 + x3)``; an odd rank out is carried up), then one division by the
+    rank count, in the arrays' dtype.  For equal inputs and a power-of-two count it is exact."""
+    pieces = list(pieces)
+    n = len(pieces)
+    while len(pieces) > 1:
+        pieces = [pieces[k] + pieces[k + 1] if k + 1 < len(pieces) else pieces[k]
+                  for k in range(0, len(pieces), 2)]
+    out = np.array(pieces[0], copy=True)
+    if n > 1:
+        out /= out.dtype.type(n)
+    return out
+
+
+def distributed_backend(comm, backend):
+    """The backend of an optimizer built with ``comm``: the CPU kernels on this rank's shard."""
+    if not backend.name.startswith("numpy"):
+        backend.close()
+        raise NotImplementedError(
+            f"comm= runs the CPU kernels on each rank's shard; the {backend.name} backend is not supported "
+            "with comm (its per-segment sums are not built from CHUNK-sized blocks, so they could not be "
+            "gathered into the same bits for every rank count): pass use_gpu=False")
+    return DistributedBackend(comm)
+
+
+class Layout:
+    """Blocks of every segment, which rank owns which run of them, and the byte offsets."""
+
+    def __init__(self, arrays, ranks: int):
+        self.sizes = [a.size for a in arrays]
+        self.dtypes = [a.dtype for a in arrays]
+        seg, start, stop = [], [], []
+        for i, n in enumerate(self.sizes):
+            for s in range(0, n, CHUNK):
+                seg.append(i), start.append(s), stop.append(min(s + CHUNK, n))
+        self.block_segment = np.array(seg, np.int64)
+        self.block_start = np.array(start, np.int64)
+        self.block_stop = np.array(stop, np.int64)
+        counts = self.block_stop - self.block_start
+        starts = np.cumsum(counts) - counts
+        total = int(counts.sum())
+        # rank r owns the blocks [first[r], first[r + 1]): those starting in its share of the elements
+        cuts = np.searchsorted(starts, np.arange(1, ranks) * (total / ranks), side="left")
+        self.first = np.concatenate([[0], cuts, [len(counts)]]).astype(np.int64)
+        self.segment_first = np.searchsorted(self.block_segment, np.arange(len(arrays)), side="left")
+        # pieces[r] = [(i, a, b)]: rank r's slice of segment i, in segment order
+        self.pieces = []
+        for r in range(ranks):
+            blocks = range(self.first[r], self.first[r + 1])
+            out: dict[int, list[int]] = {}
+            for k in blocks:
+                i = int(self.block_segment[k])
+                a, b = out.setdefault(i, [int(self.block_start[k]), int(self.block_stop[k])])
+                out[i][1] = int(self.block_stop[k])
+            self.pieces.append([(i, a, b) for i, (a, b) in out.items()])
+        self.elements = [sum(b - a for _, a, b in p) for p in self.pieces]
+
+
+class DistributedBackend:
+    """The backend interface over a shard: state buffers hold this rank's slices only, tables and
+    sums are indexed by global segment, ``run`` gathers sums and parameters across the ranks."""
+
+    def __init__(self, comm):
+        from mpi4py import MPI        # imported here: single-process use never needs mpi4py
+        self._MPI = MPI
+        self.comm = comm
+        self.rank, self.ranks = comm.Get_rank(), comm.Get_size()
+        self.name = "numpy"           # the kernels that run: the NumPy twins, on this rank's shard
+        self.buffers: tuple[str, ...] = ()
+        self._params: list[np.ndarray] = []
+        self._state: dict[str, list[np.ndarray]] = {}
+        self._ctl = np.zeros(0, np.float32)
+        self._grads: dict[int, np.ndarray] = {}
+        self._active: list[int] = []
+        self.layout: Layout | None = None
+        self.bytes_sent = 0           # this rank's payload bytes handed to MPI (gradients, sums, parameters)
+
+    # -------------------------------------------------------------- layout and state
+    def bind(self, arrays, state_names):
+        arrays = list(arrays)
+        for i, a in enumerate(arrays):
+            if not a.flags.c_contiguous:
+                raise ValueError(f"parameter {i} is not C-contiguous; the distributed optimizer updates "
+                                 "parameters through flat views (pass np.ascontiguousarray(p))")
+        self._agree_on_layout(arrays)
+        # state that survives a new layout: gathered whole (collective), then cut to the new shard
+        new_ids = {id(a) for a in arrays}
+        kept = {(name, id(p)): self.read(name, j) for name in self._state if name in state_names
+                for j, p in enumerate(self._params) if id(p) in new_ids}
+        self._params = arrays
+        self.layout = Layout(arrays, self.ranks)
+        self._mine = {i: (a, b) for i, a, b in self.layout.pieces[self.rank]}
+        self.buffers = tuple(state_names)
+        self._state = {}
+        for name in self.buffers:
+            bufs = []
+            for i, p in enumerate(arrays):
+                a, b = self._mine.get(i, (0, 0))
+                full = kept.get((name, id(p)))
+                bufs.append(full.reshape(-1)[a:b].copy() if full is not None else np.zeros(b - a, p.dtype))
+            self._state[name] = bufs
+
+    def _agree_on_layout(self, arrays):
+        mine = ";".join(f"{a.shape}:{a.dtype.str}" for a in arrays)
+        theirs = self._allgather_text(mine)
+        if len(set(theirs)) > 1:
+            bad = next(r for r, t in enumerate(theirs) if t != theirs[0])
+            raise ValueError(f"the ranks hold different parameters (rank 0: {theirs[0] or 'none'}; "
+                             f"rank {bad}: {theirs[bad] or 'none'}); every rank must build the optimizer over "
+                             "parameters of the same shapes and dtypes, in the same order")
+
+    def set_param(self, i, array):
+        if array.shape != self._params[i].shape or array.dtype != self._params[i].dtype:
+            raise ValueError(f"parameter {i} must keep shape {self._params[i].shape} and dtype {self._params[i].dtype}")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"parameter {i} is not C-contiguous")
+        self._params[i] = array
+
+    def _piece(self, name, i):
+        """This rank's flat slice of buffer ``name`` for segment ``i`` (a view)."""
+        a, b = self._mine.get(i, (0, 0))
+        if name == "param":
+            return self._params[i].reshape(-1)[a:b]
+        if name == "grad":
+            return self._grads[i]
+        return self._state[name][i]
+
+    def read(self, name, i):
+        """The full buffer of segment ``i`` (collective: every rank must call it, in the same order)."""
+        p = self._params[i]
+        full = np.empty(p.size, p.dtype)
+        counts = [sum(b - a for j, a, b in pc if j == i) for pc in self.layout.pieces]
+        self._allgatherv(self._piece(name, i), full, counts)
+        return full.reshape(p.shape)
+
+    def write(self, name, i, values):
+        a, b = self._mine.get(i, (0, 0))
+        values = np.asarray(values)
+        self._piece(name, i)[...] = values if values.ndim == 0 else values.reshape(-1)[a:b]
+
+    def clear(self, i):
+        for bufs in self._state.values():
+            bufs[i][...] = 0
+
+    def reload_params(self):
+        pass   # the kernels update views of the caller's arrays
+
+    def ctl_array(self, size):
+        if self._ctl.size != size:
+            self._ctl = np.zeros(size, np.float32)
+        return self._ctl
+
+    def close(self):
+        pass
+
+    # -------------------------------------------------------------- gradients
+    def collect(self, collect_local, gradients, check=None, same=None):
+        """Check this rank's gradients (and ``check()``), agree with every rank, then average them.
+
+        Returns ``{index: averaged full gradient}`` (the same arrays on every rank), or raises the
+        first failing rank's error on every rank before any gradient is communicated.  ``same()``
+        gives bytes that must be equal on every rank (e.g. HCNaturalGrad's branches)."""
+        code, message, grads, fingerprint = 0, "", {}, ""
+        try:
+            if check is not None:
+                check()
+            grads = collect_local(gradients)
+            if same is not None:
+                fingerprint = hashlib.sha256(same()).hexdigest()
+        except _ERRORS as exc:
+            code, message = 1 + next(k for k, t in enumerate(_ERRORS) if isinstance(exc, t)), str(exc)
+        active = np.zeros(len(self._params), np.uint8)
+        active[list(grads)] = 1
+        codes = np.zeros(self.ranks, np.int64)
+        self.comm.Allgather(np.array([code], np.int64), codes)
+        messages = self._allgather_text(message)
+        masks = np.zeros((self.ranks, len(self._params)), np.uint8)
+        self.comm.Allgather(active, masks)
+        for r in range(self.ranks):
+            if codes[r]:
+                raise _ERRORS[codes[r] - 1](f"rank {r}: {messages[r]}" if self.ranks > 1 else messages[r])
+        if same is not None:
+            prints = self._allgather_text(fingerprint)
+            if len(set(prints)) > 1:
+                r = next(r for r, p in enumerate(prints) if p != prints[0])
+                raise ValueError(f"ranks 0 and {r} were given different step inputs that every rank must share "
+                                 "(such as HCNaturalGrad's branches)")
+        if (masks != masks[0]).any():
+            r = int(np.nonzero((masks != masks[0]).any(axis=1))[0][0])
+            raise ValueError(f"rank 0 has gradients for parameters {np.nonzero(masks[0])[0].tolist()}, rank {r} for "
+                             f"{np.nonzero(masks[r])[0].tolist()}: every rank must give gradients for the same ones")
+        return self._average(grads)
+
+    def _average(self, grads):
+        if self.ranks == 1:
+            return grads
+        active = sorted(grads)
+        # each rank's active pieces, as bytes in global order: what rank r sends to rank q
+        pieces = [[(i, a, b) for i, a, b in pc if i in grads] for pc in self.layout.pieces]
+        nbytes = [sum((b - a) * self._params[i].itemsize for i, a, b in pc) for pc in pieces]
+        flat = {i: grads[i].reshape(-1) for i in active}
+        send = _concat_bytes([flat[i][a:b] for pc in pieces for i, a, b in pc])
+        recv = np.empty(self.ranks * nbytes[self.rank], np.uint8)
+        sdispl = np.concatenate([[0], np.cumsum(nbytes)[:-1]])
+        B = self._MPI.BYTE
+        self.comm.Alltoallv([send, (nbytes, sdispl), B],
+                            [recv, ([nbytes[self.rank]] * self.ranks,
+                                    [r * nbytes[self.rank] for r in range(self.ranks)]), B])
+        self.bytes_sent += int(send.size - nbytes[self.rank])
+        rows = recv.reshape(self.ranks, nbytes[self.rank])
+        mean, off = [], 0
+        for i, a, b in pieces[self.rank]:
+            dt = self._params[i].dtype
+            n = (b - a) * dt.itemsize
+            mean.append(rank_mean([rows[r, off:off + n].view(dt) for r in range(self.ranks)]))
+            off += n
+        # every rank gets the whole averaged gradient (the optimizers' host logic reads it)
+        full = np.empty(sum(nbytes), np.uint8)
+        self._allgatherv(_concat_bytes(mean), full, nbytes, dtype=B)
+        out = {i: np.empty(self._params[i].size, self._params[i].dtype) for i in active}
+        off = 0
+        for pc in pieces:
+            for i, a, b in pc:
+                n = (b - a) * self._params[i].itemsize
+                out[i][a:b] = full[off:off + n].view(self._params[i].dtype)
+                off += n
+        return {i: out[i].reshape(self._params[i].shape) for i in active}
+
+    # -------------------------------------------------------------- running
+    def program(self, dispatches):
+        return Program(dispatches, len(self._params))
+
+    def run(self, program, grads=None, download=True, upload_params=False):
+        if grads is not None:
+            self._grads = {}
+            for i, g in grads.items():
+                a, b = self._mine.get(i, (0, 0))
+                self._grads[i] = np.ascontiguousarray(np.asarray(g).reshape(-1)[a:b])
+            self._active = sorted(grads)
+        results, last = [], None
+        counts = getattr(_backends, "launch_counts", None)
+        touches_params = False
+        for (kernel, names), table in zip(program.dispatches, program.tables):
+            if counts is not None:
+                counts["numpy"] += 1
+            if kernel.kind == CONTROL:
+                kernel.numpy(self._ctl, last, table)
+                continue
+            touches_params |= "param" in names
+            last = self._run_elementwise(kernel, names, table)
+            if kernel.sums:
+                results.append(last)
+        if touches_params:     # gathered after every run that moves parameters, so host code may read them
+            self._gather_params()
+        return results
+
+    def _run_elementwise(self, kernel, names, table):
+        layout, items = self.layout, []
+        for i in self._active:
+            if i not in self._mine:
+                continue
+            a, b = self._mine[i]
+            extra = {"ctl": self._ctl, "segment": i} if kernel.ctl else {}
+            kw = dict(zip(kernel.scalars, table[i]), **extra)
+            arrays = [self._piece(n, i) for n in names]
+            shape = self._params[i].shape
+            if a == 0 and b == self._params[i].size and b <= CHUNK:    # one block: the caller's shape
+                items.append((i, ([x.reshape(shape) for x in arrays], kw), None))
+            else:
+                items += [(i, (arrays, kw), slice(s, min(s + CHUNK, b - a))) for s in range(0, b - a, CHUNK)]
+        parts = _parallel(kernel.numpy, items) if items else []
+        sums = np.zeros((len(self._params), len(kernel.sums)), np.float64)
+        if not kernel.sums:
+            return sums
+        # per-block partials of every rank, in global block order; inactive blocks stay 0.0
+        k = len(kernel.sums)
+        first = layout.first
+        local = np.zeros((first[self.rank + 1] - first[self.rank], k), np.float64)
+        for (i, _, sl), part in zip(items, parts):
+            block = layout.segment_first[i] + (self._mine[i][0] + (sl.start if sl is not None else 0)) // CHUNK
+            local[block - first[self.rank]] = part
+        partials = np.empty((len(layout.block_segment), k), np.float64)
+        self._allgatherv(local.reshape(-1), partials.reshape(-1), [(first[r + 1] - first[r]) * k for r in range(self.ranks)])
+        active = np.zeros(len(self._params), bool)
+        active[self._active] = True
+        seg = layout.block_segment
+        for kk in range(len(seg)):      # block order within each segment, from 0.0
+            i = seg[kk]
+            if active[i]:
+                sums[i] += partials[kk]
+        return sums
+
+    def _gather_params(self):
+        pieces = [[(i, a, b) for i, a, b in pc if i in self._grads] for pc in self.layout.pieces]
+        nbytes = [sum((b - a) * self._params[i].itemsize for i, a, b in pc) for pc in pieces]
+        if self.ranks == 1:
+            return
+        full = np.empty(sum(nbytes), np.uint8)
+        mine = _concat_bytes([self._params[i].reshape(-1)[a:b] for i, a, b in pieces[self.rank]])
+        self._allgatherv(mine, full, nbytes, dtype=self._MPI.BYTE)
+        off = 0
+        for r, pc in enumerate(pieces):
+            for i, a, b in pc:
+                n = (b - a) * self._params[i].itemsize
+                if r != self.rank:
+                    self._params[i].reshape(-1)[a:b] = full[off:off + n].view(self._params[i].dtype)
+                off += n
+
+    # -------------------------------------------------------------- collectives
+    def _allgatherv(self, send, recv, counts, dtype=None):
+        counts = [int(c) for c in counts]
+        displ = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist()
+        send = np.ascontiguousarray(send)
+        if dtype is None:
+            dtype = self._MPI._typedict[send.dtype.char] if send.size else self._MPI._typedict[recv.dtype.char]
+        self.comm.Allgatherv([send, dtype], [recv, (counts, displ), dtype])
+        self.bytes_sent += int(send.nbytes) * (self.ranks - 1)
+
+    def _allgather_text(self, text: str) -> list[str]:
+        data = np.frombuffer(text.encode("utf-8"), np.uint8)
+        lengths = np.zeros(self.ranks, np.int64)
+        self.comm.Allgather(np.array([data.size], np.int64), lengths)
+        out = np.empty(int(lengths.sum()), np.uint8)
+        self._allgatherv(data, out, lengths, dtype=self._MPI.BYTE)
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        return [out[bounds[r]:bounds[r + 1]].tobytes().decode("utf-8") for r in range(self.ranks)]
+
+
+def _concat_bytes(arrays):
+    return np.concatenate([np.ascontiguousarray(x).reshape(-1).view(np.uint8) for x in arrays]) if arrays \
+        else np.zeros(0, np.uint8)
+
+
+class Program:
+    """A list of (kernel, buffer names) dispatches with one scalar table (per global segment) each."""
+
+    def __init__(self, dispatches, n_segments):
+        self.dispatches = [dispatch(k, names) for k, names in dispatches]
+        self.tables = [np.zeros((n_segments, len(k.scalars)), np.float32) for k, _ in self.dispatches]
