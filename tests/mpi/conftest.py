@@ -1,0 +1,44 @@
+"""Tests run by ``mpiexec -n N python -m pytest tests/mpi`` (see .ci/mpi); plain pytest skips them.
+
+Every rank runs every test in the same order; a failure on any rank aborts the whole job
+(``MPI_Abort``), so a rank never waits for a partner that has left a collective.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))                 # benchmarks.*
+sys.path.insert(0, str(ROOT / "tests"))       # the shared conftest's GOLDENS
+
+
+def _world():
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+def pytest_configure(config):
+    if _world().rank != 0:                    # one report, from rank 0
+        config.option.verbose = -2
+        config.option.reportchars = ""
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        comm = _world()
+        sys.stderr.write(f"\n[rank {comm.rank} of {comm.size}] {report.nodeid} failed ({report.when}):\n"
+                         f"{report.longreprtext}\n")
+        sys.stderr.flush()
+        comm.Abort(1)
+
+
+@pytest.fixture
+def comm():
+    return _world()
+
+
+@pytest.fixture
+def rank(comm):
+    return comm.rank

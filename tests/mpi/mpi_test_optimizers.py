@@ -1,0 +1,128 @@
+"""Every optimizer under comm=: the same bits as one process, for any rank count.
+
+Each rank gives the local gradient ``base + c_r * delta`` with dyadic values and offsets ``c_r``
+that add to zero, so the rank mean is exactly ``base`` for 1, 2 and 4 ranks: the single-process
+optimizer fed ``base`` is then the reference of every run, and the distributed optimizer must equal
+it bit for bit (parameters after every step, then its whole consolidated state).
+"""
+import numpy as np
+import pytest
+
+from hyperopt import AdamW, AutoHypergradientAdamW, AutoSGM, HCNaturalGrad, HIOptimizer, HL, HypergradientAdamW
+from hyperopt.backends.numpy_backend import CHUNK
+from hyperopt.distributed import rank_mean
+
+# two multi-block segments (split between ranks) and two small ones
+SHAPES = [(2 * CHUNK + 3000,), (5, 3), (400, 700), (7,)]
+STEPS = 3
+
+
+def _dyadic(rng, shape, scale):
+    return (rng.integers(-512, 512, size=shape) * scale).astype(np.float32)
+
+
+def _local_and_mean(step, comm, shapes=SHAPES):
+    rng = np.random.default_rng(100 + step)
+    base = [_dyadic(rng, s, 2.0 ** -10) for s in shapes]
+    delta = [_dyadic(rng, s, 2.0 ** -12) for s in shapes]
+    c = comm.rank - (comm.size - 1) / 2                 # offsets add to zero over the ranks
+    local = [b + np.float32(c) * d for b, d in zip(base, delta)]
+    assert all(np.array_equal(rank_mean([b + np.float32(r - (comm.size - 1) / 2) * d for r in range(comm.size)]), b)
+               for b, d in zip(base, delta))
+    return local, base
+
+
+def _start(shapes=SHAPES, dtype=np.float32):
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def _groups(ps, two):
+    return [{"params": ps[:2]}, {"params": ps[2:], **two}]
+
+
+CASES = {
+    "adamw": lambda ps, **k: AdamW(ps, lr=0.01, **k),
+    "adamw_amsgrad_groups": lambda ps, **k: AdamW(_groups(ps, {"lr": 0.003, "amsgrad": True}), lr=0.01, **k),
+    "hypergradient": lambda ps, **k: HypergradientAdamW(ps, lr=0.01, beta_hyper=1e-4, **k),
+    "auto_hypergradient": lambda ps, **k: AutoHypergradientAdamW(ps, lr=0.01, warmup_steps=1, **k),
+    "hysterograd_groups_clip": lambda ps, **k: HIOptimizer(_groups(ps, {"grad_clip": 0.5, "lr": 0.02}), lr=0.01, **k),
+    "autosgm": lambda ps, **k: AutoSGM(ps, **k),
+    "autosgm_estimator": lambda ps, **k: AutoSGM(ps, lr_cfg=(True, 1e-2, 3), **k),
+    "natural_grad_descent_clip": lambda ps, **k: HCNaturalGrad(ps, lr=0.05, clip=1.5, **k),
+    "natural_grad_branches": lambda ps, **k: HCNaturalGrad(ps, lr=0.05, branches=np.arange(12.0).reshape(4, 3) ** 0.5, **k),
+    "natural_grad_hash": lambda ps, **k: HCNaturalGrad(ps, lr=0.05, projection="hash", seed=3,
+                                                     branches=np.arange(30.0).reshape(5, 6) % 7, **k),
+    "hl": lambda ps, **k: HL.for_params(ps, **k),
+}
+
+
+def assert_same_state(a, b):
+    """Two state_dict()s hold the same bits (arrays, scalars and group entries)."""
+    assert sorted(a["state"]) == sorted(b["state"])
+    for i in a["state"]:
+        assert sorted(a["state"][i]) == sorted(b["state"][i]), i
+        for k, v in a["state"][i].items():
+            w = b["state"][i][k]
+            if isinstance(v, np.ndarray):
+                assert v.dtype == w.dtype and np.array_equal(v, w), (i, k)
+            else:
+                assert v == w or (v != v and w != w), (i, k, v, w)
+    assert repr(a["param_groups"]) == repr(b["param_groups"])
+    assert repr(a.get("extra")) == repr(b.get("extra"))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_bits_as_one_process(case, comm):
+    make = CASES[case]
+    mine, ref = _start(), _start()
+    dist = make(mine, use_gpu=False, comm=comm)
+    single = make(ref, use_gpu=False)
+    assert dist.backend == "numpy"
+    for t in range(STEPS):
+        local, mean = _local_and_mean(t, comm)
+        dist.step(gradients=local)
+        single.step(gradients=mean)
+        for k, (a, b) in enumerate(zip(mine, ref)):
+            assert np.array_equal(a, b), f"parameter {k} after step {t + 1}"
+    assert_same_state(dist.state_dict(), single.state_dict())
+    # each rank keeps state for its shard only
+    backend = dist._backend
+    held = sum(b.size for bufs in backend._state.values() for b in bufs)
+    assert held == len(backend.buffers) * backend.layout.elements[comm.rank]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", ["adamw", "auto_hypergradient"])
+def test_mean_of_different_gradients(case, comm):
+    """Arbitrary float gradients: the distributed step equals one process fed rank_mean of them."""
+    mine, ref = _start(), _start()
+    dist = CASES[case](mine, use_gpu=False, comm=comm)
+    single = CASES[case](ref, use_gpu=False)
+    for t in range(2):
+        every = [[np.random.default_rng((t, r, k)).standard_normal(s).astype(np.float32) for k, s in enumerate(SHAPES)]
+                 for r in range(comm.size)]
+        dist.step(gradients=every[comm.rank])
+        single.step(gradients=[rank_mean([g[k] for g in every]) for k in range(len(SHAPES))])
+        for a, b in zip(mine, ref):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.timeout(120)
+def test_add_param_group_reshards_the_state(comm):
+    mine, ref = _start(), _start()
+    dist = AdamW(mine[:1], lr=0.01, use_gpu=False, comm=comm)
+    single = AdamW(ref[:1], lr=0.01, use_gpu=False)
+    for t in range(2):
+        local, mean = _local_and_mean(t, comm)
+        dist.step(gradients=local[:1])
+        single.step(gradients=mean[:1])
+    dist.add_param_group({"params": mine[1:], "lr": 0.02})     # the blocks move between ranks
+    single.add_param_group({"params": ref[1:], "lr": 0.02})
+    local, mean = _local_and_mean(5, comm)
+    dist.step(gradients=local)
+    single.step(gradients=mean)
+    for a, b in zip(mine, ref):
+        assert np.array_equal(a, b)
+    assert_same_state(dist.state_dict(), single.state_dict())
