@@ -3,7 +3,6 @@
 Every rank runs every test in the same order; a failure on any rank aborts the whole job
 (``MPI_Abort``), so a rank never waits for a partner that has left a collective.
 """
-import os
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))                 # benchmarks.*
-sys.path.insert(0, str(ROOT / "tests"))       # the shared conftest's GOLDENS
+GOLDENS = ROOT / "tests" / "goldens"
 
 
 def _world():
@@ -25,10 +24,14 @@ def pytest_configure(config):
         config.option.reportchars = ""
 
 
+def pytest_collectreport(report):
+    pytest_runtest_logreport(report)
+
+
 def pytest_runtest_logreport(report):
     if report.failed:
         comm = _world()
-        sys.stderr.write(f"\n[rank {comm.rank} of {comm.size}] {report.nodeid} failed ({report.when}):\n"
+        sys.stderr.write(f"\n[rank {comm.rank} of {comm.size}] {report.nodeid} failed ({getattr(report, 'when', 'collect')}):\n"
                          f"{report.longreprtext}\n")
         sys.stderr.flush()
         comm.Abort(1)
