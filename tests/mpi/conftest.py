@@ -3,6 +3,7 @@
 Every rank runs every test in the same order; a failure on any rank aborts the whole job
 (``MPI_Abort``), so a rank never waits for a partner that has left a collective.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,9 @@ def _world():
 
 
 def pytest_configure(config):
-    if _world().rank != 0:                    # one report, from rank 0
+    # the rank from the launcher's environment (MPICH's PMI, Open MPI): MPI is not started for this
+    rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "0"
+    if rank != "0":                           # one report, from rank 0
         config.option.verbose = -2
         config.option.reportchars = ""
 
