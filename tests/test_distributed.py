@@ -79,9 +79,9 @@ def test_mpi_agreement_tests_under_two_ranks():
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
     if mpiexec is None:
         pytest.skip("no mpiexec")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HYPEROPT_NUMPY_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "mpi")]), HYPEROPT_NUMPY_THREADS="1")
     env.pop("HYPEROPT_REQUIRE_VULKAN", None)
-    done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+    done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "mpi_plugin",
                            "-o", "python_files=mpi_test_*.py", "tests/mpi/mpi_test_agreement.py"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

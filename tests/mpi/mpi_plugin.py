@@ -1,4 +1,6 @@
-"""Tests run by ``mpiexec -n N python -m pytest tests/mpi`` (see .ci/mpi); plain pytest skips them.
+"""The pytest plugin of tests/mpi, run as ``mpiexec -n N python -m pytest -p mpi_plugin tests/mpi`` with
+tests/mpi on PYTHONPATH (see .ci/mpi).  Not a conftest.py: plain pytest never collects these tests
+(their files are named mpi_test_*.py), and a second ``conftest`` module would shadow tests/conftest.py.
 
 Every rank runs every test in the same order; a failure on any rank aborts the whole job
 (``MPI_Abort``), so a rank never waits for a partner that has left a collective.
@@ -11,7 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))                 # benchmarks.*
-GOLDENS = ROOT / "tests" / "goldens"
 
 
 def _world():
