@@ -126,3 +126,28 @@ def test_add_param_group_reshards_the_state(comm):
     for a, b in zip(mine, ref):
         assert np.array_equal(a, b)
     assert_same_state(dist.state_dict(), single.state_dict())
+
+
+@pytest.mark.timeout(60)
+def test_sums_have_the_single_process_bits(comm):
+    """Per-segment sums gathered from the ranks' block partials equal the NumPy backend's, with block
+    scales far apart so that any other order of addition would round differently."""
+    from hyperopt.backends.numpy_backend import NumpyBackend
+    from hyperopt.distributed import DistributedBackend
+    from hyperopt.kernels.reductions import reduce_dot
+    rng = np.random.default_rng(11)
+    shapes = [(5 * CHUNK + 17,), (3,), (3 * CHUNK,)]
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    for a in arrays:
+        flat = a.reshape(-1)
+        for k in range(0, flat.size, CHUNK):                  # every block at its own scale and sign
+            flat[k:k + CHUNK] *= np.float32(rng.choice([-1, 1]) * 10.0 ** rng.integers(-6, 7))
+    grads = {i: rng.standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)}
+    single, dist = NumpyBackend(), DistributedBackend(comm)
+    single.bind(arrays, ())
+    dist.bind([a.copy() for a in arrays], ())
+    out = [b.run(b.program([(reduce_dot, ("param", "grad"))]), grads, download=False)[0] for b in (single, dist)]
+    assert out[0].tobytes() == out[1].tobytes()
+    partials = [[float(np.dot(a.reshape(-1)[k:k + CHUNK].astype(np.float64), grads[i].reshape(-1)[k:k + CHUNK]))
+                 for k in range(0, a.size, CHUNK)] for i, a in enumerate(arrays)]
+    assert out[1][0, 0] != sum(partials[0][::-1]) or out[1][2, 0] != sum(partials[2][::-1])   # the order shows
