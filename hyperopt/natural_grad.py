@@ -337,16 +337,12 @@ class HCNaturalGrad(Optimizer):
         return sd
 
     def _check_state_dict(self, sd):
-        if not isinstance(sd, dict):
-            raise TypeError(f"state dict must be a dict, got {type(sd).__name__}")
+        self._check_made_by(sd)
         if bool(sd.get("functional")) != self._functional:
             raise ValueError("state dict comes from " + ("an HCNaturalGrad over parameters, this one is functional"
                                                          if self._functional else
                                                          "a functional HCNaturalGrad, this one is built over parameters"))
         if self._functional:
-            if sd.get("optimizer") != type(self).__name__:
-                raise ValueError(f"state dict was made by {sd.get('optimizer') or 'an unknown optimizer'}, "
-                                 f"not {type(self).__name__}")
             check_keys(sd, "state dict", ("optimizer", "functional", "state", "rng", "hyper"),
                        ("state", "rng", "hyper"))
             hyper = dict(check_keys(sd["hyper"], "state dict's 'hyper'", ("lr", "fisher_damp", "cg_iters", "clip"),

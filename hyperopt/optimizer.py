@@ -246,13 +246,7 @@ class Optimizer:
     def _check_state_dict(self, sd) -> dict:
         """``sd`` checked entry by entry and normalised (in place), or an error; changes nothing
         in the optimizer.  Subclasses extend it for their own entries."""
-        if not isinstance(sd, dict):
-            raise TypeError(f"state dict must be a dict, got {type(sd).__name__}")
-        made_by = sd.get("optimizer")
-        if made_by != type(self).__name__:
-            made_by = made_by or "an unknown optimizer (it has no 'optimizer' entry)"
-            raise ValueError(f"state dict was made by {made_by}, not {type(self).__name__}: "
-                             "an optimizer loads only its own class's state")
+        self._check_made_by(sd)
         for key in ("state", "param_groups"):
             if key not in sd:
                 raise ValueError(f"state dict has no '{key}' entry")
@@ -296,6 +290,16 @@ class Optimizer:
         sd["extra"] = [self._check_group_extra(gi, check_keys(e, f"group state {gi}", self._group_extra_kinds()))
                        for gi, e in enumerate(extra)]
         return sd
+
+    def _check_made_by(self, sd) -> None:
+        """Refuse anything but a dict made by this optimizer class."""
+        if not isinstance(sd, dict):
+            raise TypeError(f"state dict must be a dict, got {type(sd).__name__}")
+        made_by = sd.get("optimizer")
+        if made_by != type(self).__name__:
+            made_by = made_by if isinstance(made_by, str) else "an unknown optimizer (it has no 'optimizer' entry)"
+            raise ValueError(f"state dict was made by {made_by}, not {type(self).__name__}: "
+                             "an optimizer loads only its own class's state")
 
     def _group_extra_kinds(self) -> tuple[str, ...]:
         """Names a group's extra state may have (override with ``_group_extra``)."""
