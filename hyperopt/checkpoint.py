@@ -162,7 +162,7 @@ def load(optimizer, path) -> None:
             if not p.flags.writeable:
                 raise CheckpointError(f"{path} holds parameter values, but parameter {i} is a read-only array")
     optimizer.load_state_dict(state_dict)      # checks everything first; raises with nothing changed
-    if values is not None:
+    if values:
         for p, v in zip(params, values):
             np.copyto(p, v)
         optimizer.reload_params()               # the Vulkan path keeps a device copy of the parameters

@@ -367,3 +367,26 @@ def test_pickling_or_copying_an_optimizer_points_to_save_and_load(make):
     for attempt in (lambda: pickle.dumps(opt), lambda: copy.deepcopy(opt), lambda: copy.copy(opt)):
         with pytest.raises(TypeError, match=r"hyperopt\.save.*hyperopt\.load"):
             attempt()
+
+
+def test_functional_hcnaturalgrad_resumes_from_a_file(tmp_path):
+    rng = np.random.default_rng(0)
+    params = {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
+    ctx = [{"grads": {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)},
+            "info": {"branches": rng.standard_normal((5, 2))}} for _ in range(6)]
+    ref = HCNaturalGrad(lr=0.05, fisher_damp=0.1, seed=4)
+    straight = dict(params)
+    for c in ctx:
+        straight, _ = ref.step_params(None, straight, c)
+    opt = HCNaturalGrad(lr=0.05, fisher_damp=0.1, seed=4)
+    half = dict(params)
+    for c in ctx[:3]:
+        half, _ = opt.step_params(None, half, c)
+    hyperopt.save(opt, tmp_path / "f.ckpt", include_params=True)
+    other = HCNaturalGrad(seed=0)
+    hyperopt.load(other, tmp_path / "f.ckpt")
+    for c in ctx[3:]:
+        half, state = other.step_params(None, half, c)
+    assert np.array_equal(half["W"], straight["W"]) and state["steps"] == 6
+    with pytest.raises(ValueError, match="saved for parameters none, this optimizer has"):
+        hyperopt.load(HCNaturalGrad([np.zeros(3, np.float32)], use_gpu=False), tmp_path / "f.ckpt")
