@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -189,41 +190,52 @@ def _read(path: str):
     """(metadata, {name: array}) from a checkpoint file, parsing JSON and raw .npy arrays only."""
     try:
         z = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError, RuntimeError):   # damaged
         raise CheckpointError(f"{path} is not a hyperopt checkpoint (not a zip archive of arrays and JSON; "
                               "pickle files are never loaded)") from None
-    with z:
-        names = z.namelist()
-        if _META not in names:
-            raise CheckpointError(f"{path} is not a hyperopt checkpoint (no {_META})")
-        info = z.getinfo(_META)
-        if info.file_size > _MAX_META_BYTES:
-            raise CheckpointError(f"{path}: {_META} is {info.file_size} bytes, more than a checkpoint's metadata")
-        try:
-            meta = json.loads(z.read(_META).decode("utf-8"), parse_constant=_refuse_constant)
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: {_META} is not valid JSON ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a hyperopt checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-        version = meta.get("version")
-        if version != VERSION or isinstance(version, bool):
-            raise CheckpointError(f"{path} has checkpoint format version {version!r}; this hyperopt reads version {VERSION}")
-        arrays = {}
-        for member in names:
-            if member == _META:
-                continue
-            if not (member.endswith(".npy") and member[:-4].isidentifier()):
-                raise CheckpointError(f"{path} holds an unexpected member {member!r}")
-            with z.open(member) as f:
-                try:
-                    a = np.lib.format.read_array(f, allow_pickle=False)
-                except ValueError as exc:     # object arrays among them: "pickled data"
-                    raise CheckpointError(f"{path}: array {member!r} cannot be read without pickle ({exc})") from None
-                except Exception as exc:
-                    raise CheckpointError(f"{path}: array {member!r} is malformed ({exc})") from None
-            if a.dtype.kind not in "biuf":
-                raise CheckpointError(f"{path}: array {member!r} has dtype {a.dtype}, not a numeric one")
-            arrays[member[:-4]] = a
+    try:
+        return _read_members(path, z)
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc})") from None
+    finally:
+        z.close()
+
+
+def _read_members(path: str, z: zipfile.ZipFile):
+    names = z.namelist()
+    if _META not in names:
+        raise CheckpointError(f"{path} is not a hyperopt checkpoint (no {_META})")
+    info = z.getinfo(_META)
+    if info.file_size > _MAX_META_BYTES:
+        raise CheckpointError(f"{path}: {_META} is {info.file_size} bytes, more than a checkpoint's metadata")
+    try:
+        meta = json.loads(z.read(_META).decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {_META} is not valid JSON ({exc})") from None
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != FORMAT:
+        raise CheckpointError(f"{path} is not a hyperopt checkpoint (format {found!r})")
+    version = meta.get("version")
+    if version != VERSION or isinstance(version, bool):
+        raise CheckpointError(f"{path} has checkpoint format version {version!r}; this hyperopt reads version {VERSION}")
+    arrays = {}
+    for member in names:
+        if member == _META:
+            continue
+        if not (member.endswith(".npy") and member[:-4].isidentifier()):
+            raise CheckpointError(f"{path} holds an unexpected member {member!r}")
+        with z.open(member) as f:
+            try:
+                a = np.lib.format.read_array(f, allow_pickle=False)
+            except ValueError as exc:     # object arrays among them: "pickled data"
+                raise CheckpointError(f"{path}: array {member!r} cannot be read without pickle ({exc})") from None
+            except Exception as exc:
+                raise CheckpointError(f"{path}: array {member!r} is malformed ({exc})") from None
+        if a.dtype.kind not in "biuf":
+            raise CheckpointError(f"{path}: array {member!r} has dtype {a.dtype}, not a numeric one")
+        arrays[member[:-4]] = a
     return meta, arrays
 
 

@@ -390,3 +390,33 @@ def test_functional_hcnaturalgrad_resumes_from_a_file(tmp_path):
     assert np.array_equal(half["W"], straight["W"]) and state["steps"] == 6
     with pytest.raises(ValueError, match="saved for parameters none, this optimizer has"):
         hyperopt.load(HCNaturalGrad([np.zeros(3, np.float32)], use_gpu=False), tmp_path / "f.ckpt")
+
+
+@pytest.mark.timeout(120)
+def test_corrupted_bytes_give_a_clear_error_or_a_checked_load(tmp_path):
+    """Random byte flips anywhere in a checkpoint: load either refuses with CheckpointError (a
+    ValueError) and changes nothing, or loads state that passed every check."""
+    opt, _ = _adamw(steps=3)
+    good = tmp_path / "good.ckpt"
+    hyperopt.save(opt, good, include_params=True)
+    data = good.read_bytes()
+    rng = np.random.default_rng(0)
+    refused = 0
+    for trial in range(200):
+        blob = bytearray(data)
+        for at in rng.integers(0, len(blob), size=int(rng.integers(1, 4))):
+            blob[at] ^= int(rng.integers(1, 256))
+        bad = tmp_path / "bad.ckpt"
+        bad.write_bytes(bytes(blob))
+        target, params = _adamw(steps=1)
+        before, kept = target.state_dict(), [p.copy() for p in params]
+        try:
+            hyperopt.load(target, bad)
+        except ValueError:
+            refused += 1
+            _assert_same_state(target.state_dict(), before)
+            assert all(np.array_equal(a, b) for a, b in zip(params, kept))
+        else:
+            for p in params:
+                assert np.isfinite(p).all()
+    assert refused > 100        # the CRC of each member catches almost every flip
