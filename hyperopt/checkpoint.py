@@ -97,6 +97,7 @@ def _write_atomic(path: str, blob: bytes, arrays: dict) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, _file_mode(path))       # mkstemp makes it owner-only; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
                 z.writestr(_META, blob)
@@ -113,6 +114,20 @@ def _write_atomic(path: str, blob: bytes, arrays: dict) -> None:
             pass
         raise
     _fsync_dir(directory)
+
+
+def _file_mode(path: str) -> int:
+    """The mode of the file being replaced, or what ``open`` would give a new one (0o666 less the umask)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:        # reading the umask without changing it (Linux)
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = 0o022
+    return 0o666 & ~umask
 
 
 def _write_array(f, a: np.ndarray) -> None:

@@ -7,6 +7,11 @@ writing ``group['lr']`` takes effect).  Per-parameter scalar state (step counter
 metrics) lives in the backend, on the device for the Vulkan path, and ``state_of(p)`` returns all of
 it as NumPy arrays.
 
+``state_dict()`` is plain data (by parameter index) and ``load_state_dict`` checks every entry before
+anything changes; ``hyperopt.save``/``hyperopt.load`` (``checkpoint.py``) put it in a file without
+pickle.  Optimizers themselves are neither pickled nor copied (they hold the caller's arrays and
+device resources): the error says to use those two.
+
 Subclasses declare ``state_buffers`` (per-element state, zero-initialised) and implement
 ``_step(grads)`` with ``grads`` a dict ``{index: float array}`` of checked gradients.
 """
