@@ -33,7 +33,17 @@ from . import backends as _backends
 from .backends.numpy_backend import CHUNK, _parallel
 from .kernels.core import CONTROL, dispatch
 
-_ERRORS = (ValueError, TypeError, KeyError, IndexError, RuntimeError)
+def _exception_class(kind: str):
+    """The exception class named ``module:qualname`` (builtins and hyperopt's own), else RuntimeError."""
+    module, _, name = kind.partition(":")
+    if module == "builtins" or module.startswith("hyperopt"):
+        import importlib
+        obj = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            return obj
+    return RuntimeError
 
 
 def rank_mean(pieces):
@@ -192,6 +202,24 @@ class DistributedBackend:
     def close(self):
         pass
 
+    # -------------------------------------------------------------- agreement
+    def agree(self, fn):
+        """``fn()`` on every rank, then agree: if it raised anywhere, every rank raises the first
+        failing rank's error (same type and message); otherwise return this rank's result.  Only
+        error codes and messages travel, so a rank never waits for a partner that has raised."""
+        kind, message, result = "", "", None
+        try:
+            result = fn()
+        except Exception as exc:   # any error: a rank that raised alone would leave the others waiting
+            kind, message = f"{type(exc).__module__}:{type(exc).__qualname__}", str(exc)
+        kinds = self._allgather_text(kind)
+        messages = self._allgather_text(message)
+        for r in range(self.ranks):
+            if kinds[r]:
+                text = f"rank {r}: {messages[r]}" if self.ranks > 1 else messages[r]
+                raise _exception_class(kinds[r])(text)
+        return result
+
     # -------------------------------------------------------------- gradients
     def collect(self, collect_local, gradients, check=None, same=None):
         """Check this rank's gradients (and ``check()``), agree with every rank, then average them.
@@ -199,27 +227,22 @@ class DistributedBackend:
         Returns ``{index: averaged full gradient}`` (the same arrays on every rank), or raises the
         first failing rank's error on every rank before any gradient is communicated.  ``same()``
         gives bytes that must be equal on every rank (e.g. HCNaturalGrad's branches)."""
-        code, message, grads, fingerprint = 0, "", {}, ""
-        try:
+        fingerprint = []
+
+        def local():
             if check is not None:
                 check()
-            grads = collect_local(gradients)
+            out = collect_local(gradients)
             if same is not None:
-                fingerprint = hashlib.sha256(same()).hexdigest()
-        except _ERRORS as exc:
-            code, message = 1 + next(k for k, t in enumerate(_ERRORS) if isinstance(exc, t)), str(exc)
+                fingerprint.append(hashlib.sha256(same()).hexdigest())
+            return out
+        grads = self.agree(local)
         active = np.zeros(len(self._params), np.uint8)
         active[list(grads)] = 1
-        codes = np.zeros(self.ranks, np.int64)
-        self.comm.Allgather(np.array([code], np.int64), codes)
-        messages = self._allgather_text(message)
         masks = np.zeros((self.ranks, len(self._params)), np.uint8)
         self.comm.Allgather(active, masks)
-        for r in range(self.ranks):
-            if codes[r]:
-                raise _ERRORS[codes[r] - 1](f"rank {r}: {messages[r]}" if self.ranks > 1 else messages[r])
         if same is not None:
-            prints = self._allgather_text(fingerprint)
+            prints = self._allgather_text(fingerprint[0])
             if len(set(prints)) > 1:
                 r = next(r for r, p in enumerate(prints) if p != prints[0])
                 raise ValueError(f"ranks 0 and {r} were given different step inputs that every rank must share "
