@@ -13,6 +13,7 @@ previous file as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -44,6 +45,18 @@ def save(optimizer, path, *, include_params: bool = False) -> None:
     """
     if not isinstance(include_params, bool):
         raise TypeError(f"include_params must be True or False, got {include_params!r}")
+    with _held(optimizer):                  # no step from another thread between the state and the parameters
+        blob, arrays = _encode_checkpoint(optimizer, include_params)
+    _write_atomic(os.fspath(path), blob, arrays)
+
+
+def _held(optimizer):
+    """The optimizer's own lock where it has one (it serialises step and state_dict across threads)."""
+    lock = getattr(optimizer, "_lock", None)
+    return lock if lock is not None else contextlib.nullcontext()
+
+
+def _encode_checkpoint(optimizer, include_params):
     params = [_data(p) for p in optimizer.params()]
     arrays: dict[str, np.ndarray] = {}
     meta = {
@@ -55,9 +68,8 @@ def save(optimizer, path, *, include_params: bool = False) -> None:
         "state_dict": _encode(optimizer.state_dict(), arrays, "state_dict"),
     }
     if include_params:
-        meta["param_arrays"] = [_add_array(arrays, a) for a in params]
-    blob = json.dumps(meta, allow_nan=False, separators=(",", ":")).encode()
-    _write_atomic(os.fspath(path), blob, arrays)
+        meta["param_arrays"] = [_add_array(arrays, a.copy()) for a in params]   # written after the lock
+    return json.dumps(meta, allow_nan=False, separators=(",", ":")).encode(), arrays
 
 
 def _add_array(arrays, a) -> dict:
@@ -177,11 +189,12 @@ def load(optimizer, path) -> None:
         for i, p in enumerate(params):
             if not p.flags.writeable:
                 raise CheckpointError(f"{path} holds parameter values, but parameter {i} is a read-only array")
-    optimizer.load_state_dict(state_dict)      # checks everything first; raises with nothing changed
-    if values:
-        for p, v in zip(params, values):
-            np.copyto(p, v)
-        optimizer.reload_params()               # the Vulkan path keeps a device copy of the parameters
+    with _held(optimizer):
+        optimizer.load_state_dict(state_dict)  # checks everything first; raises with nothing changed
+        if values:
+            for p, v in zip(params, values):
+                np.copyto(p, v)
+            optimizer.reload_params()           # the Vulkan path keeps a device copy of the parameters
 
 
 def _describe(layout) -> str:
