@@ -13,6 +13,7 @@ previous file as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -44,6 +45,22 @@ def save(optimizer, path, *, include_params: bool = False) -> None:
     """
     if not isinstance(include_params, bool):
         raise TypeError(f"include_params must be True or False, got {include_params!r}")
+    with _held(optimizer):                  # no step from another thread between the state and the parameters
+        blob, arrays = _encode_checkpoint(optimizer, include_params)
+    if getattr(optimizer, "comm", None) is None:
+        _write_atomic(os.fspath(path), blob, arrays)
+    else:   # every rank built the consolidated state (a collective); rank 0 writes, every rank learns the outcome
+        rank = optimizer.comm.Get_rank()
+        optimizer._agreed(lambda: _write_atomic(os.fspath(path), blob, arrays) if rank == 0 else None)
+
+
+def _held(optimizer):
+    """The optimizer's own lock where it has one (it serialises step and state_dict across threads)."""
+    lock = getattr(optimizer, "_lock", None)
+    return lock if lock is not None else contextlib.nullcontext()
+
+
+def _encode_checkpoint(optimizer, include_params):
     params = [_data(p) for p in optimizer.params()]
     arrays: dict[str, np.ndarray] = {}
     meta = {
@@ -55,13 +72,8 @@ def save(optimizer, path, *, include_params: bool = False) -> None:
         "state_dict": _encode(optimizer.state_dict(), arrays, "state_dict"),
     }
     if include_params:
-        meta["param_arrays"] = [_add_array(arrays, a) for a in params]
-    blob = json.dumps(meta, allow_nan=False, separators=(",", ":")).encode()
-    comm = getattr(optimizer, "comm", None)
-    if comm is None:
-        _write_atomic(os.fspath(path), blob, arrays)
-    else:   # every rank built the consolidated state (collective); rank 0 writes, all learn the outcome
-        optimizer._agreed(lambda: _write_atomic(os.fspath(path), blob, arrays) if comm.Get_rank() == 0 else None)
+        meta["param_arrays"] = [_add_array(arrays, a.copy()) for a in params]   # written after the lock
+    return json.dumps(meta, allow_nan=False, separators=(",", ":")).encode(), arrays
 
 
 def _add_array(arrays, a) -> dict:
@@ -157,14 +169,17 @@ def load(optimizer, path) -> None:
     over parameters of the same shapes and dtypes).  All or nothing: a file that is not a valid
     checkpoint for this optimizer raises ``CheckpointError`` (a ``ValueError``) and changes nothing;
     no code from the file ever runs.  If the file holds the parameters, they are written into the
-    optimizer's parameter arrays in place."""
-    state_dict, values = optimizer._agreed(lambda: _prepare_load(optimizer, path))   # with comm: every rank reads
-    optimizer.load_state_dict(state_dict)      # checks everything first; raises with nothing changed
-    if values:
-        params = [_data(p) for p in optimizer.params()]
-        for p, v in zip(params, values):
-            np.copyto(p, v)
-        optimizer.reload_params()               # the Vulkan path keeps a device copy of the parameters
+    optimizer's parameter arrays in place.  With ``comm``, every rank reads the file (a shared
+    filesystem) and keeps its shard; an error on any rank is raised on every rank."""
+    state_dict, values = optimizer._agreed(lambda: _prepare_load(optimizer, path)) \
+        if getattr(optimizer, "comm", None) is not None else _prepare_load(optimizer, path)
+    params = [_data(p) for p in optimizer.params()]
+    with _held(optimizer):
+        optimizer.load_state_dict(state_dict)  # checks everything first; raises with nothing changed
+        if values:
+            for p, v in zip(params, values):
+                np.copyto(p, v)
+            optimizer.reload_params()           # the Vulkan path keeps a device copy of the parameters
 
 
 def _prepare_load(optimizer, path):

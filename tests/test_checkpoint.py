@@ -344,8 +344,8 @@ def test_read_only_parameters_refuse_a_file_with_parameters(tmp_path):
     opt, params = _adamw()
     hyperopt.save(opt, tmp_path / "c.ckpt", include_params=True)
     frozen = _start()
-    frozen[1].flags.writeable = False
     other = AdamW(frozen, lr=0.05, use_gpu=False)
+    frozen[1].flags.writeable = False          # made read-only after the optimizer was built
     with pytest.raises(CheckpointError, match="read-only"):
         hyperopt.load(other, tmp_path / "c.ckpt")
     assert other.state == {} and np.array_equal(frozen[0], _start()[0])
