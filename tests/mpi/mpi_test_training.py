@@ -55,3 +55,36 @@ def test_checkpoint_loads_with_another_rank_count(make, comm):
     single.step(gradients=_same_grads(9))
     assert all(np.array_equal(a, b) for a, b in zip(ps, ref))
     half.Free()
+
+
+@pytest.mark.timeout(180)
+def test_save_and_load_a_file_with_another_rank_count(comm, tmp_path):
+    """hyperopt.save by every rank (rank 0 writes one consolidated file), hyperopt.load by half of
+    them and by one process: all continue as the single-process optimizer does."""
+    import hyperopt
+    path = comm.bcast(str(tmp_path / "adamw.ckpt") if comm.rank == 0 else None, root=0)
+    ps, ref = _start(), _start()
+    world = AdamW(ps, lr=0.01, amsgrad=True, use_gpu=False, comm=comm)
+    single = AdamW(ref, lr=0.01, amsgrad=True, use_gpu=False)
+    for t in range(2):
+        world.step(gradients=_same_grads(t))
+        single.step(gradients=_same_grads(t))
+    hyperopt.save(world, path, include_params=True)
+    comm.Barrier()
+    half = comm.Split(color=comm.rank % 2, key=comm.rank)
+    for c in (half, None):
+        resumed = [np.zeros_like(p) for p in ps]
+        other = AdamW(resumed, lr=0.01, amsgrad=True, use_gpu=False, comm=c)
+        hyperopt.load(other, path)
+        assert all(np.array_equal(a, b) for a, b in zip(resumed, ref))
+        mirror = [p.copy() for p in ref]
+        follow = AdamW(mirror, lr=0.01, amsgrad=True, use_gpu=False)
+        follow.load_state_dict(single.state_dict())
+        for t in range(2, 4):
+            other.step(gradients=_same_grads(t))
+            follow.step(gradients=_same_grads(t))
+            assert all(np.array_equal(a, b) for a, b in zip(resumed, mirror))
+    # a file that is missing on every rank: every rank raises, nobody waits
+    with pytest.raises(FileNotFoundError, match="rank 0:" if comm.size > 1 else ""):
+        hyperopt.load(world, path + ".missing")
+    half.Free()
