@@ -32,6 +32,7 @@ class AdamW(Optimizer):
         self._validate_group(defaults)
         super().__init__(params, defaults, use_gpu=use_gpu, device=device, comm=comm)
 
+    _host_reads_gradients = False
     _buffer_kinds = {"exp_avg": "elements", "exp_avg_sq": "nonneg elements", "max_exp_avg_sq": "nonneg elements"}
 
     @property

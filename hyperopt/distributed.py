@@ -7,8 +7,10 @@ An optimizer built with ``comm=`` (an mpi4py communicator) runs on every rank of
    bad input on one rank makes every rank raise the same error with nothing changed anywhere.
 2. The gradients are averaged in a fixed order: ``Alltoallv`` sends each rank the pieces of every
    rank's gradient that fall in its shard, the pieces are added pairwise in rank order
-   (``(g0 + g1) + (g2 + g3)``) and divided by the rank count; the averaged shards are gathered, so
-   the host logic of every optimizer sees the full averaged gradient, as in one process.
+   (``(g0 + g1) + (g2 + g3)``) and divided by the rank count.  Optimizers whose host logic reads
+   gradient values (AutoSGM, HCNaturalGrad) get the averaged shards gathered into the full averaged
+   gradient, as in one process; the others (``_host_reads_gradients = False``: AdamW and the
+   hypergradient classes, HIOptimizer, HL) keep just their shard, one exchange fewer per step.
 3. Each rank keeps per-element optimizer state only for its shard and runs the kernels (NumPy
    twins) there.  Every per-segment sum is rebuilt from per-block partials gathered from all ranks
    (``Allgatherv`` of float64) and added in global block order starting from 0.0, exactly the NumPy
@@ -26,6 +28,7 @@ written with any number of ranks loads with any other.
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
 
@@ -61,15 +64,30 @@ def rank_mean(pieces):
     return out
 
 
-def distributed_backend(comm, backend):
-    """The backend of an optimizer built with ``comm``: the CPU kernels on this rank's shard."""
-    if not backend.name.startswith("numpy"):
+def distributed_backend(comm, use_gpu, device):
+    """The backend of an optimizer built with ``comm``: the NumPy twins on this rank's shard.
+
+    ``use_gpu="auto"`` or ``False`` (and no device but ``"cpu"``) takes it directly; an explicit GPU
+    request raises NotImplementedError when a Vulkan device would serve it (a device's per-segment
+    sums are not made of ``CHUNK``-element blocks, so they could not be gathered into the same bits
+    for every rank count), and otherwise falls back (with the usual warning) to the CPU path."""
+    from .backends import select_backend
+    if use_gpu is True or device not in (None, "cpu"):
+        backend = select_backend(use_gpu, device)
+        if backend.name.startswith("vulkan"):
+            backend.close()
+            raise NotImplementedError(
+                f"comm= runs the CPU kernels on each rank's shard; the {backend.name} backend is not supported "
+                "with comm (its sums are not built from CHUNK-element blocks, so they could not be gathered "
+                "into the same bits for every rank count): pass use_gpu=False")
         backend.close()
-        raise NotImplementedError(
-            f"comm= runs the CPU kernels on each rank's shard; the {backend.name} backend is not supported "
-            "with comm (its per-segment sums are not built from CHUNK-sized blocks, so they could not be "
-            "gathered into the same bits for every rank count): pass use_gpu=False")
+    elif use_gpu == "auto" and not _noticed:
+        _noticed.append(True)
+        logging.getLogger("hyperopt").info("comm= given: the distributed optimizer runs on the CPU path")
     return DistributedBackend(comm)
+
+
+_noticed: list = []
 
 
 class Layout:
@@ -221,10 +239,11 @@ class DistributedBackend:
         return result
 
     # -------------------------------------------------------------- gradients
-    def collect(self, collect_local, gradients, check=None, same=None):
+    def collect(self, collect_local, gradients, check=None, same=None, *, full=True):
         """Check this rank's gradients (and ``check()``), agree with every rank, then average them.
 
-        Returns ``{index: averaged full gradient}`` (the same arrays on every rank), or raises the
+        Returns ``{index: averaged full gradient}`` (the same arrays on every rank; with
+        ``full=False`` each rank's ``ShardGradient`` of it, for ``run`` only), or raises the
         first failing rank's error on every rank before any gradient is communicated.  ``same()``
         gives bytes that must be equal on every rank (e.g. HCNaturalGrad's branches)."""
         fingerprint = []
@@ -251,9 +270,9 @@ class DistributedBackend:
             r = int(np.nonzero((masks != masks[0]).any(axis=1))[0][0])
             raise ValueError(f"rank 0 has gradients for parameters {np.nonzero(masks[0])[0].tolist()}, rank {r} for "
                              f"{np.nonzero(masks[r])[0].tolist()}: every rank must give gradients for the same ones")
-        return self._average(grads)
+        return self._average(grads, full)
 
-    def _average(self, grads):
+    def _average(self, grads, full=True):
         if self.ranks == 1:
             return grads
         active = sorted(grads)
@@ -276,6 +295,11 @@ class DistributedBackend:
             n = (b - a) * dt.itemsize
             mean.append(rank_mean([rows[r, off:off + n].view(dt) for r in range(self.ranks)]))
             off += n
+        if not full:
+            shards = {i: ShardGradient(np.zeros(0, self._params[i].dtype), self._params[i].shape) for i in active}
+            for (i, _, _), m in zip(pieces[self.rank], mean):
+                shards[i] = ShardGradient(m, self._params[i].shape)
+            return shards
         # every rank gets the whole averaged gradient (the optimizers' host logic reads it)
         full = np.empty(sum(nbytes), np.uint8)
         self._allgatherv(_concat_bytes(mean), full, nbytes, dtype=B)
@@ -297,7 +321,8 @@ class DistributedBackend:
             self._grads = {}
             for i, g in grads.items():
                 a, b = self._mine.get(i, (0, 0))
-                self._grads[i] = np.ascontiguousarray(np.asarray(g).reshape(-1)[a:b])
+                self._grads[i] = g.piece if isinstance(g, ShardGradient) else \
+                    np.ascontiguousarray(np.asarray(g).reshape(-1)[a:b])
             self._active = sorted(grads)
         results, last = [], None
         counts = getattr(_backends, "launch_counts", None)
@@ -386,6 +411,18 @@ class DistributedBackend:
         self._allgatherv(data, out, lengths, dtype=self._MPI.BYTE)
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         return [out[bounds[r]:bounds[r + 1]].tobytes().decode("utf-8") for r in range(self.ranks)]
+
+
+class ShardGradient:
+    """This rank's flat piece of an averaged gradient (``collect(full=False)``), for ``run`` only."""
+    __slots__ = ("piece", "shape")
+
+    def __init__(self, piece, shape):
+        self.piece, self.shape = piece, shape
+
+    @property
+    def dtype(self):
+        return self.piece.dtype
 
 
 def _concat_bytes(arrays):

@@ -76,6 +76,7 @@ class HL(Optimizer):
 
     state_buffers = ("costate",)
     _buffer_kinds = {"costate": "elements"}
+    _host_reads_gradients = False
     _internal_group_keys = ("model", "names")     # kept in the groups, not hyperparameters
 
     def __init__(self, models, *, gamma=1.0, flip=-1.0, theta=0.1, beta=1.0, reset_neuron_costate=False,

@@ -60,6 +60,8 @@ class HIOptimizer(Optimizer):
     _required_state = ()
     _buffer_kinds = {"metric": "nonneg elements"}
 
+    _host_reads_gradients = False
+
     def __init__(self, params, lr=1e-3, stiffening_factor=0.01, beta=0.99, epsilon=1e-7, cooling_rate=0.99,
                  initial_temp=1.0, metric_scale=1.0, adaptive_threshold=True, grad_clip=None,
                  hysteresis_scale=1.0, *, metric_power=0.5, schmitt=None, use_gpu="auto", device=None, comm=None):

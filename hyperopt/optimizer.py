@@ -45,6 +45,9 @@ def _data(p) -> np.ndarray:
 class Optimizer:
     #: names of per-element state arrays every parameter gets on its first step (zeros)
     state_buffers: tuple[str, ...] = ()
+    #: False where ``_step`` only hands the gradients to the backend: with ``comm`` each rank then
+    #: gets just its shard of the averaged gradient (one exchange fewer per step)
+    _host_reads_gradients: bool = True
     #: group keys that are bookkeeping, not hyperparameters (left out of ``repr``)
     _internal_group_keys: tuple[str, ...] = ()
 
@@ -57,11 +60,12 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(params[0], dict):
             params = [{"params": params}]
-        self._backend = select_backend(use_gpu, device)
         self.comm = comm
-        if comm is not None:    # data-parallel over MPI: see hyperopt/distributed.py
+        if comm is None:
+            self._backend = select_backend(use_gpu, device)
+        else:                   # data-parallel over MPI: see hyperopt/distributed.py
             from .distributed import distributed_backend
-            self._backend = distributed_backend(comm, self._backend)
+            self._backend = distributed_backend(comm, use_gpu, device)
         for group in params:
             self._add_group(group, rebind=False)
         self._rebind()
@@ -160,7 +164,8 @@ class Optimizer:
         every rank.  With ``comm`` all of it runs on every rank and the ranks agree on the outcome
         before the gradients are averaged over them."""
         if self.comm is not None:
-            return self._backend.collect(self._collect_local_gradients, gradients, check, same)
+            return self._backend.collect(self._collect_local_gradients, gradients, check, same,
+                                         full=self._host_reads_gradients)
         if check is not None:
             check()
         return self._collect_local_gradients(gradients)

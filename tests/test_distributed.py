@@ -12,7 +12,7 @@ import pytest
 
 from hyperopt import AdamW
 from hyperopt.backends.numpy_backend import CHUNK
-from hyperopt.distributed import Layout, distributed_backend, rank_mean
+from hyperopt.distributed import Layout, rank_mean
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,18 +59,12 @@ def test_comm_self_is_the_single_process_optimizer():
     assert np.array_equal(dist.state_of(a[0])["exp_avg_sq"], single.state_of(b[0])["exp_avg_sq"])
 
 
-def test_vulkan_with_comm_is_refused_clearly():
-    class FakeVulkan:
-        name = "vulkan:llvmpipe"
-        closed = False
-
-        def close(self):
-            self.closed = True
-
-    backend = FakeVulkan()
+def test_vulkan_with_comm_is_refused_clearly(vulkan_device):
+    MPI = pytest.importorskip("mpi4py.MPI")
+    p = np.zeros(5, np.float32)
     with pytest.raises(NotImplementedError, match="use_gpu=False"):
-        distributed_backend(object(), backend)
-    assert backend.closed
+        AdamW([p], use_gpu=True, device=vulkan_device, comm=MPI.COMM_SELF)
+    assert AdamW([p], use_gpu="auto", comm=MPI.COMM_SELF).backend == "numpy"   # auto: the CPU path
 
 
 @pytest.mark.timeout(320)
