@@ -98,11 +98,14 @@ def main(argv=None):
         ap.error("--emulate is for one process; under mpiexec the ranks are real")
     losses, acc, checksum, seconds = run(args.dataset, args.optimizer, epochs=args.epochs,
                                          batch_size=args.batch_size, comm=comm, emulate=args.emulate)
+    final = float(np.mean(losses[-10:]))
+    if comm is not None:                          # the ranks' parts together (for the printout only)
+        final = float(np.mean(comm.gather(final, root=0) or [0.0]))
     if comm is None or comm.rank == 0:
         how = f"{comm.size} ranks" if comm is not None else (f"1 process emulating {args.emulate} ranks"
                                                              if args.emulate > 1 else "1 process")
         print(f"{args.dataset} {args.optimizer} on {how}: {len(losses)} steps, final loss "
-              f"{np.mean(losses[-10:]):.4f}, test accuracy {acc:.4f}, parameters sha256 {checksum}, {seconds:.2f} s")
+              f"{final:.4f}, test accuracy {acc:.4f}, parameters sha256 {checksum}, {seconds:.2f} s")
 
 
 if __name__ == "__main__":
