@@ -26,7 +26,7 @@ import numpy as np
 
 def _shapes(elements):
     """Four layers of a deep MLP-like stack, scaled to about ``elements`` parameters in all."""
-    width = max(8, int((elements / 3) ** 0.5))
+    width = max(8, int((elements / 4) ** 0.5))     # 4 w^2 + 3 w elements
     return [(width, width), (width,), (width, width), (width, 2 * width), (2 * width,)]
 
 
