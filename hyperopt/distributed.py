@@ -95,7 +95,6 @@ class Layout:
 
     def __init__(self, arrays, ranks: int):
         self.sizes = [a.size for a in arrays]
-        self.dtypes = [a.dtype for a in arrays]
         seg, start, stop = [], [], []
         for i, n in enumerate(self.sizes):
             for s in range(0, n, CHUNK):
@@ -145,10 +144,6 @@ class DistributedBackend:
     # -------------------------------------------------------------- layout and state
     def bind(self, arrays, state_names):
         arrays = list(arrays)
-        for i, a in enumerate(arrays):
-            if not a.flags.c_contiguous:
-                raise ValueError(f"parameter {i} is not C-contiguous; the distributed optimizer updates "
-                                 "parameters through flat views (pass np.ascontiguousarray(p))")
         self._agree_on_layout(arrays)
         # state that survives a new layout: gathered whole (collective), then cut to the new shard
         new_ids = {id(a) for a in arrays}
@@ -168,6 +163,12 @@ class DistributedBackend:
             self._state[name] = bufs
 
     def _agree_on_layout(self, arrays):
+        def contiguous():
+            for i, a in enumerate(arrays):
+                if not a.flags.c_contiguous:
+                    raise ValueError(f"parameter {i} is not C-contiguous; the distributed optimizer updates "
+                                     "parameters through flat views (pass np.ascontiguousarray(p))")
+        self.agree(contiguous)
         mine = ";".join(f"{a.shape}:{a.dtype.str}" for a in arrays)
         theirs = self._allgather_text(mine)
         if len(set(theirs)) > 1:

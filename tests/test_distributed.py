@@ -79,4 +79,4 @@ def test_mpi_agreement_tests_under_two_ranks():
                            "-o", "python_files=mpi_test_*.py", "tests/mpi/mpi_test_agreement.py"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "6 passed" in done.stdout
+    assert "7 passed" in done.stdout

@@ -85,3 +85,12 @@ def test_different_parameters_are_refused_on_every_rank(comm):
     with pytest.raises(ValueError, match="different parameters") as info:
         AdamW([np.zeros(s, np.float32) for s in shapes], use_gpu=False, comm=comm)
     _every_rank_raised(comm, info.value, ValueError)
+
+
+@pytest.mark.timeout(60)
+def test_a_strided_parameter_on_one_rank_is_refused_on_every_rank(comm):
+    base = np.zeros((6, 4), np.float32)
+    p = base[:, ::2] if comm.rank == comm.size - 1 else np.zeros((6, 2), np.float32)
+    with pytest.raises(ValueError, match="not C-contiguous") as info:
+        AdamW([p], use_gpu=False, comm=comm)
+    _every_rank_raised(comm, info.value, ValueError)
