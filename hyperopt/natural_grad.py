@@ -377,6 +377,7 @@ class HCNaturalGrad(Optimizer):
             return
         if state_dict.get("functional"):
             raise ValueError("state dict comes from a functional HCNaturalGrad, this one is built over parameters")
+        self._keys_ready = False      # loading clears every state buffer, the hash keys too
         super()._load_state(state_dict)
         self._rng.bit_generator.state = state_dict["rng"]
         self._hash_step = int(state_dict.get("hash_step", 0))

@@ -404,14 +404,16 @@ def _all_finite(a: np.ndarray) -> bool:
     element beyond that (1.8e19 in float32) would overflow the optimizers' second moments."""
     if a.dtype.kind != "f" or a.size == 0:
         return True
-    # One fast pass: a NaN or infinity, or an element whose square overflows, always makes the sum
-    # of squares non-finite (squares cannot cancel).  A non-finite sum of acceptable values is
-    # rare (many elements near the limit), so only then is the exact check paid for.
+    if a.size <= 1 << 16:              # small: the exact check is cheaper than the errstate below
+        return bool(np.abs(a).max() <= _square_limit(a.dtype))    # NaN compares False
+    # Large: one fast pass.  A NaN or infinity, or an element whose square overflows, always makes
+    # the sum of squares non-finite (squares cannot cancel).  A non-finite sum of acceptable
+    # values is rare (many elements near the limit), so only then is the exact check paid for.
     flat = a.reshape(-1) if a.flags.c_contiguous else a.ravel()
-    if math.isfinite(float(np.dot(flat, flat))):
-        return True
-    with np.errstate(invalid="ignore"):
-        return bool(np.abs(a).max() <= _square_limit(a.dtype))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(np.dot(flat, flat))):
+            return True
+    return bool(np.abs(a).max() <= _square_limit(a.dtype))
 
 
 def _root(a):
