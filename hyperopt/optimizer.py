@@ -279,12 +279,8 @@ class Optimizer:
                 g = g.astype(p.dtype)
             elif id(_root(g)) in roots and _shares_any(g, arrays):
                 g = g.copy()                 # the update writes the parameters while it reads g
-            if not _all_finite(g):
-                if not np.isfinite(g).all():
-                    raise ValueError(f"gradient of parameter {i} (shape {p.shape}) contains NaN or infinity")
-                raise ValueError(f"gradient of parameter {i} (shape {p.shape}) has an element beyond "
-                                 f"{_square_limit(g.dtype):.3g}, whose square overflows {g.dtype}; step refused")
             grads[i] = g
+        _check_magnitudes(grads, arrays)
         return grads
 
     # ------------------------------------------------------------------ state
@@ -394,9 +390,42 @@ class Optimizer:
         return "\n".join(lines)
 
 
+_SQUARE_LIMITS: dict = {}
+
+
 def _square_limit(dtype) -> float:
     """The largest magnitude whose square is finite in ``dtype``."""
-    return math.sqrt(float(np.finfo(dtype).max)) if dtype.kind == "f" else math.inf
+    limit = _SQUARE_LIMITS.get(dtype)
+    if limit is None:
+        limit = _SQUARE_LIMITS[dtype] = math.sqrt(float(np.finfo(dtype).max)) if dtype.kind == "f" else math.inf
+    return limit
+
+
+def _check_magnitudes(grads, arrays):
+    """Every gradient finite, with finite squares.  Small gradients are checked together (one
+    concatenation instead of a call per tensor); the one at fault is looked for only on failure."""
+    small: dict = {}
+    for i, g in grads.items():
+        if g.size <= 4096:
+            small.setdefault(g.dtype, []).append(i)
+        elif not _all_finite(g):
+            _refuse_gradient(i, g, arrays)
+    for dtype, idx in small.items():
+        if len(idx) > 1:
+            joined = np.concatenate([grads[i].reshape(-1) for i in idx])
+            if _all_finite(joined):
+                continue
+        for i in idx:
+            if not _all_finite(grads[i]):
+                _refuse_gradient(i, grads[i], arrays)
+
+
+def _refuse_gradient(i, g, arrays):
+    shape = arrays[i].shape
+    if not np.isfinite(g).all():
+        raise ValueError(f"gradient of parameter {i} (shape {shape}) contains NaN or infinity")
+    raise ValueError(f"gradient of parameter {i} (shape {shape}) has an element beyond {_square_limit(g.dtype):.3g}, "
+                     f"whose square overflows {g.dtype}; step refused")
 
 
 def _all_finite(a: np.ndarray) -> bool:
