@@ -62,8 +62,11 @@ class AdamW(Optimizer):
     def _step(self, grads):
         table = self._program.tables[0]
         steps = {i: self._next_step(i) for i in grads}
+        rows: dict[tuple, list] = {}         # parameters of one group at one step share their scalars
         for i, t in steps.items():
-            table[i] = self._update_scalars(self.param_groups[self._group_of[i]], t)
+            rows.setdefault((self._group_of[i], t), []).append(i)
+        for (gi, t), idx in rows.items():
+            table[idx] = self._update_scalars(self.param_groups[gi], t)
         self._run(self._program, grads, upload_params=True)
         self._commit_steps(steps)
 

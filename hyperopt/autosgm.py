@@ -275,6 +275,9 @@ class AutoSGM(Optimizer):
             self._program = self._backend.program([(autosgm_update, front)])
         self._layout = (self._backend.buffers, self._estimator)
 
+    def _param_rebound(self, i, array):
+        self._ctl_ids[i] = id(array)       # its control record follows it through later layouts
+
     def _sync_layout(self):
         """Rebuild buffers and program when the groups' settings now need a different layout."""
         if (self.state_buffers, self._estimating()) != self._layout:

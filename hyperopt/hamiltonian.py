@@ -270,6 +270,7 @@ class HL(Optimizer):
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Clear ``.grad`` of parameter objects (if any); reset the costates the groups ask to reset."""
+        self._check_open()
         super().zero_grad(set_to_none)
         start = 0
         for gi, group in enumerate(self.param_groups):

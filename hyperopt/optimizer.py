@@ -9,6 +9,12 @@ it as NumPy arrays.
 
 Subclasses declare ``state_buffers`` (per-element state, zero-initialised) and implement
 ``_step(grads)`` with ``grads`` a dict ``{index: float array}`` of checked gradients.
+
+The caller's arrays are the truth.  Every step starts from the parameter arrays as they are then:
+edits in place, ``p.data = new_array`` and a replaced entry of ``param_groups[g]['params']`` (same
+shape and dtype: the state is kept) are all seen, on every backend (the Vulkan path uploads the
+parameters with each step).  A step is all or nothing: everything is checked first, step
+counters move only with the update, and Ctrl-C during the update is raised once it is complete.
 """
 from __future__ import annotations
 
@@ -128,9 +134,9 @@ class Optimizer:
         the old one (the state is kept); anything else is refused before anything changes.
         (``prefix``: only the parameters the backend already holds, during a layout change.)"""
         objs, arrays, shapes = self._param_objs, self._arrays, self._shapes
-        n = len(objs)
         params = [p for g in self.param_groups for p in g["params"]]
-        if len(params) != n and not (prefix and len(params) > n):
+        n = min(len(objs), len(params)) if prefix else len(objs)
+        if len(params) != n and not prefix:
             raise ValueError(f"the optimizer holds {n} parameters but param_groups now list {len(params)}: "
                              "add parameters with add_param_group(), never by editing a group's list")
         changed = []
@@ -160,7 +166,11 @@ class Optimizer:
         for i, p, a in changed:
             if a is not arrays[i]:
                 self._backend.set_param(i, a)
+                self._param_rebound(i, a)
         self._track(params, new_arrays + [_data(p) for p in params[n:]])
+
+    def _param_rebound(self, i, array) -> None:
+        """Parameter i now lives in ``array`` (override to re-key anything kept by array identity)."""
 
     def _validate_group(self, group: dict) -> None:
         """Raise ValueError for an out-of-range hyperparameter (override per optimizer)."""

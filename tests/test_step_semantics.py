@@ -36,7 +36,7 @@ def _make(name, params, kw):
     if name == "HIOptimizer":
         return HIOptimizer(params, lr=0.05, stiffening_factor=1e-4, **kw)
     if name == "AutoSGM":
-        return AutoSGM(params, **kw)
+        return AutoSGM(params, lr_cfg=(True, 1e-2, 1), **kw)      # the estimator: a control kernel too
     if name == "HCNaturalGrad":
         return HCNaturalGrad(params, lr=0.05, fisher_damp=0.1, branches=BRANCHES, **kw)
     if name == "HCNaturalGrad-hash":
@@ -138,8 +138,14 @@ def test_rebinding_keeps_the_state(name, how, backend, opt_kwargs):
         else:
             opt.param_groups[0]["params"][0] = new
             target = new
-        for k in range(2, 4):
-            opt.step(gradients=_grad(k))
+        opt.step(gradients=_grad(2))
+        extra = [np.ones(2, np.float32)]         # a layout change after the rebinding keeps the state too
+        if name == "HL":
+            from hyperopt.hamiltonian import StatelessModel
+            opt.add_param_group({"params": StatelessModel(extra)})
+        else:
+            opt.add_param_group({"params": extra})
+        opt.step(gradients=_grad(3) + [np.ones(2, np.float32)])
         if rebind:
             np.testing.assert_array_equal(old, kept)          # the old array is left alone
         return [target] + [p.data if how == "data" else p for p in ps[1:]], opt.state_dict()
@@ -272,6 +278,32 @@ def test_bad_input_changes_nothing(name, backend, opt_kwargs):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_failing_run_moves_no_counter(name, backend, opt_kwargs):
+    """Counters, histories and host-side state commit only once the backend's run has returned."""
+    arrays = _start()
+    opt = _make(name, arrays, opt_kwargs)
+    for k in range(3):
+        opt.step(gradients=_grad(k))
+    before = _snapshot(opt, arrays)
+    real = opt._backend.run
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("device lost")
+    opt._backend.run = failing
+    with pytest.raises(RuntimeError, match="device lost"):
+        opt.step(gradients=_grad(3))
+    opt._backend.run = real
+    _same(_snapshot(opt, arrays), before)
+    opt.step(gradients=_grad(3))
+    ref_arrays = _start()
+    ref = _make(name, ref_arrays, opt_kwargs)
+    for k in range(4):
+        ref.step(gradients=_grad(k))
+    for a, b in zip(arrays, ref_arrays):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_hyperparameter_beyond_float32_is_refused(backend, opt_kwargs):
     arrays = _start()
     opt = AdamW(arrays, **opt_kwargs)
@@ -300,6 +332,8 @@ def test_read_only_parameters_are_refused_up_front(backend, opt_kwargs):
     a.setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):
         AdamW([a], **opt_kwargs)
+    with pytest.raises(TypeError, match="floating-point"):
+        AdamW([np.zeros(3, np.complex64)], **opt_kwargs)
     b = np.zeros(3, np.float32)
     opt = AdamW([b], **opt_kwargs)
     with pytest.raises(ValueError, match="read-only"):
