@@ -493,3 +493,23 @@ def test_ctrl_c_during_steps_leaves_everything_at_one_step(backend, opt_kwargs):
                           capture_output=True, text=True, timeout=580,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0 and "CONSISTENT" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["AdamW", "HIOptimizer", "AutoSGM", "HL"])
+def test_rebinding_to_a_non_contiguous_array(name, backend, opt_kwargs):
+    def run(rebind):
+        ps = [Param(a) for a in _start()]
+        opt = _make(name, ps, opt_kwargs)
+        opt.step(gradients=_grad(0))
+        values = np.arange(30, dtype=np.float32).reshape(5, 6).T / 30     # shape (6, 5), a transposed view
+        if rebind:
+            ps[0].data = np.ascontiguousarray(values.T).T
+            assert not ps[0].data.flags.c_contiguous
+        else:
+            ps[0].data[...] = values
+        for k in range(1, 3):
+            opt.step(gradients=_grad(k))
+        return [p.data for p in ps]
+
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_array_equal(a, b)
