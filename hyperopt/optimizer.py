@@ -59,9 +59,11 @@ class Optimizer:
         return self._backend.name
 
     def params(self) -> list:
+        """Every parameter, in group order: position ``i`` here is the index used by ``state_dict()``."""
         return [p for g in self.param_groups for p in g["params"]]
 
     def add_param_group(self, group: dict) -> None:
+        """Add a group ``{"params": [...], <hyperparameter overrides>}``; missing keys take the defaults."""
         self._add_group(group, rebind=True)
 
     def _add_group(self, group, rebind):
@@ -121,6 +123,10 @@ class Optimizer:
 
     # ------------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear ``.grad`` on parameter objects: set it to None, or to zeros with ``set_to_none=False``.
+
+        Plain arrays carry no gradient (gradients are passed to ``step``), so for them this does nothing.
+        """
         for p in self.params():
             if not isinstance(p, np.ndarray) and getattr(p, "grad", None) is not None:
                 if set_to_none:
@@ -129,7 +135,22 @@ class Optimizer:
                     p.grad[...] = 0
 
     def step(self, closure=None, gradients=None):
-        """One optimization step; returns the closure's loss (None without a closure)."""
+        """One optimization step; returns the closure's loss (None without a closure).
+
+        ``closure``: an optional callable that recomputes and returns the loss (called first).
+        ``gradients``, in any of these forms (one array per parameter, its shape; cast to its dtype):
+
+        * a dict ``{id(param): grad}`` (parameters absent from it, or with None, get no step,
+          unless they are objects with a ``.grad``, which then fills in);
+        * a list or tuple aligned with ``params()`` (None entries: no step for that parameter);
+        * None: the ``.grad`` attribute of parameter objects (objects with ``.data`` and ``.grad``).
+
+        A parameter without a gradient is skipped entirely.  Every gradient is checked (known
+        parameter, shape, numeric dtype, finite) before anything changes; a bad one raises
+        KeyError, ValueError or TypeError naming the parameter, leaving parameters and state as
+        they were.  Some optimizers add keyword arguments (HCNaturalGrad ``branches=``, HL
+        ``h_grad=``) or return more (HIOptimizer: its status tuple); see their ``step``.
+        """
         loss = closure() if closure is not None else None
         self._revalidate()
         grads = self._collect_gradients(gradients)
