@@ -40,6 +40,7 @@ class AdamW(Optimizer):
 
     @property
     def state_buffers(self):
+        """``exp_avg``, ``exp_avg_sq`` and, when a group uses amsgrad, ``max_exp_avg_sq``."""
         amsgrad = any(g["amsgrad"] for g in self.param_groups)
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
 

@@ -164,6 +164,7 @@ class LambdaLR(LRScheduler):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a ``state_dict()``, updating callable objects' ``__dict__`` from it."""
         state = dict(state_dict)
         lambdas = state.pop("lr_lambdas")
         self.__dict__.update(state)
@@ -172,6 +173,7 @@ class LambdaLR(LRScheduler):
                 fn.__dict__.update(saved)
 
     def get_lr(self) -> list:
+        """``initial_lr * lr_lambda(last_epoch)`` per group."""
         return [base * fn(self.last_epoch) for fn, base in zip(self.lr_lambdas, self.base_lrs)]
 
 
@@ -184,6 +186,7 @@ class StepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list:
+        """The current rates, times ``gamma`` at every multiple of ``step_size``."""
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
             return self._current_lrs()
         return [lr * self.gamma for lr in self._current_lrs()]
@@ -202,6 +205,7 @@ class MultiStepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list:
+        """The current rates, times ``gamma`` (per occurrence) at a milestone."""
         if self.last_epoch not in self.milestones:
             return self._current_lrs()
         return [lr * self.gamma ** self.milestones[self.last_epoch] for lr in self._current_lrs()]
@@ -219,6 +223,7 @@ class ExponentialLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list:
+        """The current rates times ``gamma`` (unchanged at construction)."""
         if self._is_initial:          # a resumed scheduler must not move one step ahead of itself
             return self._current_lrs()
         return [lr * self.gamma for lr in self._current_lrs()]
@@ -244,6 +249,7 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list:
+        """The next point of the cosine, from the current rates (torch's recursive form)."""
         lrs = self._current_lrs()
         if self._is_initial:
             return lrs
@@ -277,6 +283,7 @@ class LinearLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list:
+        """The current rates, moved one step along the line from ``start_factor`` to ``end_factor``."""
         lrs = self._current_lrs()
         if self.last_epoch == 0:
             return [lr * self.start_factor for lr in lrs]
@@ -350,6 +357,7 @@ class SequentialLR(LRScheduler):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a ``state_dict()``, the inner schedulers' states included."""
         state = dict(state_dict)
         inner = state.pop("_schedulers")
         self.__dict__.update(state)

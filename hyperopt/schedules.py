@@ -168,11 +168,13 @@ class Window:
 
     @classmethod
     def from_rc_cfg(cls, rc_cfg) -> "Window":
+        """The window of AutoSGM's 9-tuple ``(rcm, inseq, x, n, m, tau, spe, cfact, e)``."""
         rcm, inseq, x, n, m, tau, spe, cfact, e = rc_cfg
         return cls(rcm, inseq=inseq, x=x, n=n, m=m, tau=tau, spe=spe, cfact=cfact, e=e)
 
     @property
     def rc_cfg(self) -> tuple:
+        """This window as AutoSGM's 9-tuple ``(rcm, inseq, x, n, m, tau, spe, cfact, e)``."""
         return (self.rcm, self.inseq, self.x, self.n, self.m, self.tau, self.spe, self.cfact, self.e)
 
     def __repr__(self):
