@@ -152,14 +152,19 @@ def plot(curves, dataset, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(10, 5))
+    several = len({backend for _, backend in curves}) > 1
     for (name, backend), losses in curves.items():
         smooth = np.convolve(losses, np.ones(10) / 10, mode="valid")
-        ax.plot(smooth, backend_style(backend), color=OPTIMIZER_COLOURS[name], lw=1.3,
-                label=f"{name} ({backend_label(backend)})")
+        cpu = not backend.startswith("vulkan")
+        # the CPU path wide and pale, a device's curve thin on top: where they agree both stay visible
+        ax.plot(smooth, backend_style(backend), color=OPTIMIZER_COLOURS[name], lw=2.6 if cpu and several else 1.3,
+                alpha=0.45 if cpu and several else 1.0, label=f"{name} ({backend_label(backend)})")
     ax.set_yscale("log")
     ax.set_xlabel("step (batch of 64)")
     ax.set_ylabel("training loss (10-step mean)")
-    ax.set_title(f"{dataset}: every optimizer, same network, seed and batches")
+    ax.set_title(f"{dataset}: every optimizer, same network, seed and batches"
+                 + ("\ncolour = optimizer, line style = backend (a device's curve drawn over the CPU path's)"
+                    if several else ""))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
