@@ -11,6 +11,12 @@ from .optimizer import Optimizer, check_range
 class AdamW(Optimizer):
     r"""AdamW (Loshchilov & Hutter), the update of ``torch.optim.AdamW``.
 
+    Paper: I. Loshchilov, F. Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
+    https://arxiv.org/abs/1711.05101.  Code followed: ``torch.optim.AdamW``
+    (https://pytorch.org/docs/stable/generated/torch.optim.AdamW.html), matched number for number by
+    the tests; upstream here (see ``hyperopt``'s docstring) is grilly's NumPy AdamW, which the
+    hypergradient optimizers build on.
+
     .. code-block:: text
 
         for each parameter p with gradient g (g <- -g if maximize), its own step t <- t + 1:
@@ -34,6 +40,7 @@ class AdamW(Optimizer):
 
     @property
     def state_buffers(self):
+        """``exp_avg``, ``exp_avg_sq`` and, when a group uses amsgrad, ``max_exp_avg_sq``."""
         amsgrad = any(g["amsgrad"] for g in self.param_groups)
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
 

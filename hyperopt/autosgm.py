@@ -105,6 +105,11 @@ def _choice(value, label, options):
 class AutoSGM(Optimizer):
     r"""AutoSGM: a first-order lowpass filter on the gradient and an iteration-dependent learning rate.
 
+    Paper: O. A. Somefun et al., "AutoSGM: A Unified Lowpass Regularization Framework for
+    Accelerated Learning", ICASSP 2024, https://openreview.net/forum?id=dHdzbKpPNc (overview:
+    https://somefunagba.github.io/asgm.html).  Code followed (upstream): https://github.com/somefunAgba/autosgm
+    (``asgm.py``).  Its windows (``rc_cfg``) are also usable alone as schedules: ``hyperopt.WindowLR``.
+
     Heavy ball, Nesterov's accelerated gradient and Adam are points of one design space: the gradient
     goes through a lowpass filter with pole ``beta_i`` and zero ``gamma_i`` (``gamma_i=0`` is Polyak's
     heavy ball, ``gamma_i = beta_i/(1+beta_i)`` Nesterov, anything up to ``beta_i`` in between), is
@@ -133,7 +138,7 @@ class AutoSGM(Optimizer):
             3  e = min(F[beta_n, 0, 1-beta_n](lr_init (g/d)^2), lr_init)
 
     Configuration (keyword-only; each can be overridden per parameter group and is read every step).
-    Each ``*_cfg`` is a tuple in the seed's order (missing trailing entries take the defaults), a dict
+    Each ``*_cfg`` is a tuple in upstream's order (missing trailing entries take the defaults), a dict
     of field names, or the matching record, so these are the same::
 
         AutoSGM(ps, lr_cfg=(True, 1e-3, 2), rc_cfg=(1, 0, 0, 2, 1, 10, 500, 1, 0))
@@ -234,6 +239,7 @@ class AutoSGM(Optimizer):
 
     @property
     def state_buffers(self):
+        """The per-element buffers the groups' configurations need (the smoothed gradient at least)."""
         need = {"g_sm"} | self._keep
         for g in self.param_groups:
             nl = self._numerator(g)
@@ -427,6 +433,7 @@ class AutoSGM(Optimizer):
 
     # ------------------------------------------------------------------ state
     def state_of(self, p) -> dict:
+        """Everything kept for parameter ``p`` (index or array), with the per-tensor controller values."""
         out = super().state_of(p)
         i = p if isinstance(p, int) else self._index[id(p)]
         if i in self.state:

@@ -1,6 +1,6 @@
 """HCNaturalGrad: gradient preconditioning by the covariance of model state branches.
 
-Two ways to use it (see the class docstring): the seed's functional interface over a dict of
+Two ways to use it (see the class docstring): upstream's functional interface over a dict of
 parameters (float64, on the host, reproducing upstream's trajectories and random stream bit for bit),
 and the ordinary optimizer over a list of arrays, whose two large products run on the backend.
 The helpers the functional interface rests on (``flatten_params``, ``deflatten_params``,
@@ -111,6 +111,24 @@ class HCNaturalGrad(Optimizer):
     r"""HyperCausal natural gradient: precondition by the covariance of state branches, through a
     random projection between parameter space and state space.
 
+    Source: the ``HCNaturalGrad`` of qml-hcs (QML-HCS, "Quantum Machine Learning Hypercausal
+    System"), PyPI ``qml-hcs==0.2.0`` (https://pypi.org/project/qml-hcs/), module
+    ``qmlhc/optim/numpy_optim/natural_grad.py``; the GitHub repository
+    (https://github.com/Neureonmindflux-Research-Lab/qml-hcs) does not contain it.  That wheel is
+    the upstream code this class follows; there is no paper for the optimizer.
+
+    **What the branches are.**  ``branches`` is a K x D matrix: K samples of a D-dimensional state
+    of the model, whose covariance C weights the step.  For an ordinary network, a meaningful
+    choice is a hidden layer's mean activation under K forward passes of the batch with input noise
+    (benchmarks/train.py ``noisy_hidden_branches``: K=8, noise 0.1, D = the layer width): C says
+    how much the hidden state moves under perturbation.  Working settings on the digits MLP
+    [64, 64, 10]: ``lr=0.02, fisher_damp=0.1, projection="hash"`` reaches 93 % test accuracy
+    in 10 epochs, against 84 % for the same lr without branches (the step P (C + damp I)^-1 P^T g
+    is up to 1/damp larger, in a random rank-D subspace) and 95 % for tuned plain descent
+    (lr 0.5), in benchmarks/mechanisms.py; with damp 0.1, lr 0.1 stalls (78 %) and lr 0.5
+    diverges (15 epochs, measured while choosing these settings).  **Without
+    branches the step is plain gradient descent** ``theta -= lr * g``.
+
     .. code-block:: text
 
         given the gradient g (n) and branches B (K x D: K samples of a D-dim model state):
@@ -124,7 +142,7 @@ class HCNaturalGrad(Optimizer):
     but its rank is at most D and it is scaled by up to ``1/fisher_damp`` along low-variance state
     directions: upstream's defaults (damping 1e-3) can raise the loss; damping ~0.1 descends.
 
-    **Functional form** (the seed's interface, float64 on the host, bit for bit upstream's numbers
+    **Functional form** (upstream's interface, float64 on the host, bit for bit upstream's numbers
     and random stream)::
 
         opt = HCNaturalGrad(lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None, seed=12345)
@@ -226,6 +244,7 @@ class HCNaturalGrad(Optimizer):
 
     @property
     def state_buffers(self):
+        """``("key",)`` with the hash projection, else the D stored projection columns ``proj0..``."""
         if getattr(self, "projection", "numpy") == "hash":
             return ("key",)
         return tuple(f"proj{j}" for j in range(getattr(self, "_n_proj", 0)))
@@ -259,7 +278,11 @@ class HCNaturalGrad(Optimizer):
 
     # ------------------------------------------------------------------ ordinary interface
     def step(self, closure=None, gradients=None, branches=None):
-        """One step; ``branches`` (K x D) defaults to the constructor's; returns the closure's loss."""
+        """One step; returns the closure's loss (None without a closure).
+
+        ``gradients`` takes the forms of ``Optimizer.step``; ``branches`` (K x D, see the class
+        docstring) defaults to the constructor's; with neither, the step is plain gradient descent.
+        """
         if self._functional:
             raise TypeError("this HCNaturalGrad was built without parameters: use step_params(model, params, "
                             "context), or construct it as HCNaturalGrad(params, ...)")
@@ -354,6 +377,7 @@ class HCNaturalGrad(Optimizer):
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
+        """The state (and, for the functional form, the random generator's state) as plain values."""
         if self._functional:
             return {"functional": True, "state": dict(self._state), "rng": self._rng.bit_generator.state,
                     "hyper": dict(lr=self.lr, fisher_damp=self.fisher_damp, cg_iters=self.cg_iters, clip=self.clip)}
@@ -384,9 +408,11 @@ class HCNaturalGrad(Optimizer):
 
     @property
     def backend(self) -> str:
+        """Which backend runs the steps (the functional form is always float64 NumPy on the host)."""
         return "numpy (functional, float64)" if self._functional else super().backend
 
     def close(self) -> None:
+        """Release device memory now (nothing to release for the functional form)."""
         if not self._functional:
             super().close()
 

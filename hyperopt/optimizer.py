@@ -72,9 +72,11 @@ class Optimizer:
         return self._backend.name
 
     def params(self) -> list:
+        """Every parameter, in group order: position ``i`` here is the index used by ``state_dict()``."""
         return [p for g in self.param_groups for p in g["params"]]
 
     def add_param_group(self, group: dict) -> None:
+        """Add a group ``{"params": [...], <hyperparameter overrides>}``; missing keys take the defaults."""
         self._check_open()
         self._sync_params()          # arrays rebound since the last step keep their state
         self._add_group(group, rebind=True)
@@ -193,6 +195,10 @@ class Optimizer:
 
     # ------------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear ``.grad`` on parameter objects: set it to None, or to zeros with ``set_to_none=False``.
+
+        Plain arrays carry no gradient (gradients are passed to ``step``), so for them this does nothing.
+        """
         for p in self.params():
             if not isinstance(p, np.ndarray) and getattr(p, "grad", None) is not None:
                 if set_to_none:
@@ -203,9 +209,25 @@ class Optimizer:
     def step(self, closure=None, gradients=None):
         """One optimization step; returns the closure's loss (None without a closure).
 
-        All or nothing: the gradients, the parameter arrays and the hyperparameters are checked
-        before anything changes, and an interrupt (Ctrl-C) arriving during the update is held
-        until parameters, state and step counters are all at the next step."""
+        ``closure``: an optional callable that recomputes and returns the loss (called first).
+        ``gradients``, in any of these forms (one array per parameter, its shape; cast to its dtype):
+
+        * a dict ``{id(param): grad}`` (parameters absent from it, or with None, get no step,
+          unless they are objects with a ``.grad``, which then fills in);
+        * a list or tuple aligned with ``params()`` (None entries: no step for that parameter);
+        * None: the ``.grad`` attribute of parameter objects (objects with ``.data`` and ``.grad``).
+
+        A parameter without a gradient is skipped entirely.  NumPy-array parameters carry no
+        ``.grad``, so for them ``gradients=`` is required (``step()`` without it raises).
+
+        All or nothing: the gradients (known parameter, shape, numeric dtype, finite, squares
+        finite), the parameter arrays and the hyperparameters are checked before anything
+        changes; a bad one raises KeyError, ValueError or TypeError naming the parameter, leaving
+        parameters and state as they were.  An interrupt (Ctrl-C) arriving during the update is
+        held until parameters, state and step counters are all at the next step.  Some optimizers
+        add keyword arguments (HCNaturalGrad ``branches=``, HL ``h_grad=``) or return more
+        (HIOptimizer: its status tuple); see their ``step``.
+        """
         self._check_step_args(closure, gradients)
         loss = closure() if closure is not None else None
         self._revalidate()
