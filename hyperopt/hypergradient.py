@@ -291,7 +291,6 @@ class HypergradientAdamW(_HypergradientBase):
         check_flag("log_scale", group["log_scale"])
         if group["log_scale"]:   # the adaptation works on log(lr)
             check_range("lr_min", group["lr_min"], 0, low_open=True, label="lr_min value (log_scale needs lr_min > 0)")
-            check_range("lr", group["lr"], 0, low_open=True, label="learning rate (log_scale needs lr > 0)")
 
     def _wants_sums(self, gi, idx):
         return False if any(self.state[i]["step"] >= 1 for i in idx) else None
