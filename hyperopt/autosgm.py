@@ -275,6 +275,9 @@ class AutoSGM(Optimizer):
             self._program = self._backend.program([(autosgm_update, front)])
         self._layout = (self._backend.buffers, self._estimator)
 
+    def _param_rebound(self, i, array):
+        self._ctl_ids[i] = id(array)       # its control record follows it through later layouts
+
     def _sync_layout(self):
         """Rebuild buffers and program when the groups' settings now need a different layout."""
         if (self.state_buffers, self._estimating()) != self._layout:
@@ -289,17 +292,23 @@ class AutoSGM(Optimizer):
             tables[1][:, 0] = 0                         # control: skip parameters without a gradient
         device = {}
         cache = {}
+        steps, mixed = {}, {}
         for i, g in grads.items():
             gi = self._group_of[i]
             group = self.param_groups[gi]
             p = _data(params[i])
-            st = self._begin_state(i, p, group)
-            st["step"] += 1
-            t = st["step"]
+            st = self.state.get(i)
+            t = 1 if st is None else st["step"] + 1
             window = self._window(group["rc_cfg"])(t)
-            st["window"] = window
+            if not math.isfinite(window):
+                raise FloatingPointError(f"AutoSGM: the window of parameter {i} at step {t} is not finite; step refused")
+            steps[i] = (t, window)
             if self._takes_mix(group, p):
-                self._mix_step(p, g, group, st, t, window)
+                # the host's matrix path: computed now on copies, written after the device's run
+                if st is None:
+                    p = p.copy()
+                    self._nudge(p, group)
+                mixed[i] = self._mix_step(p, g, group, dict(st or {}), t, window)
                 continue
             device[i] = g
             key = (gi, t)
@@ -316,8 +325,18 @@ class AutoSGM(Optimizer):
             beta_n = group["beta_cfg"].beta_n
             tables[0][i] = front + (nl, lr.lr_init, beta_n, 1 - beta_n)
             tables[1][i] = (2 if nl in (1, 2, 3) else 1, window, p.size, alpha, sign)
+        self._check_tables(self._program)
+        for i in grads:
+            if i not in self.state:
+                self._begin_state(i, _data(params[i]), self.param_groups[self._group_of[i]], nudge=i in device)
         if device:   # upload_params: edits to the arrays between steps are respected on the device too
             self._backend.run(self._program, device, upload_params=True)
+        for i, (new_p, new_st) in mixed.items():
+            _data(params[i])[...] = new_p
+            self.state[i] = new_st
+        for i, (t, window) in steps.items():
+            st = self.state.setdefault(i, {})
+            st["step"], st["window"] = t, window
 
     @staticmethod
     def _front_scalars(group, t) -> tuple:
@@ -338,18 +357,20 @@ class AutoSGM(Optimizer):
         return (wd.wd, coupled, decoupled, eta_i, b_i, g_i, smooth, float(lr.aoptlr), eta_a, b_a, moment,
                 eps.eps, use_huber, 1 - b_a, huber)
 
-    def _begin_state(self, i, p, group):
-        st = self.state.get(i)
-        if st is None:
-            st = self.state[i] = {"step": 0}
-            for name in self._backend.buffers:          # state may remain from a load or an earlier layout
-                self._backend.write(name, i, 0.0)
-            self._ctl[CTL_STRIDE * i:CTL_STRIDE * (i + 1)] = 0
-            eps = group["eps_cfg"].eps
-            small = np.abs(p) < eps
-            if small.any():                             # upstream's nudge: exact zeros become eps
-                p[small] += p.dtype.type(eps)
-        return st
+    def _begin_state(self, i, p, group, nudge=True):
+        """A parameter's first step: fresh buffers and control record, and upstream's nudge."""
+        for name in self._backend.buffers:              # state may remain from a load or an earlier layout
+            self._backend.write(name, i, 0.0)
+        self._ctl[CTL_STRIDE * i:CTL_STRIDE * (i + 1)] = 0
+        if nudge:
+            self._nudge(p, group)
+
+    @staticmethod
+    def _nudge(p, group):
+        eps = group["eps_cfg"].eps
+        small = np.abs(p) < eps
+        if small.any():                                 # upstream's nudge: exact zeros become eps
+            p[small] += p.dtype.type(eps)
 
     # ------------------------------------------------------------------ the matrix path (host)
     @staticmethod
@@ -360,6 +381,8 @@ class AutoSGM(Optimizer):
         return min(rows, cols) >= _MIX_MIN and max(rows, cols) <= _MIX_MAX
 
     def _mix_step(self, p, g, group, st, t, window):
+        """The matrix path's step on a copy: returns (new parameter values, new state ``st``),
+        refused when either is not finite."""
         lr, mix, wdc, eps = group["lr_cfg"], group["mix_cfg"], group["wd_cfg"], group["eps_cfg"].eps
         dt = p.dtype.type
         w = p.reshape(p.shape[0], -1)
@@ -369,8 +392,7 @@ class AutoSGM(Optimizer):
             w, g = w.T, g.T
         x = g + dt(wdc.wd) * w if wdc.wd_lvl == 0 else g.copy()
         s = st.get("mix_sm")
-        if s is None or s.shape != x.shape:
-            s = st["mix_sm"] = np.zeros_like(x)
+        s = st["mix_sm"] = np.zeros_like(x) if s is None or s.shape != x.shape else s.copy()
         s += x                                           # F[beta, gamma, 1]: the transposed form
         v = s / dt(1.0 if t == 1 else 1 - mix.gamma)
         s *= dt(mix.beta)
@@ -390,7 +412,11 @@ class AutoSGM(Optimizer):
         else:
             alpha = mix.lr_init * window
         step = dt(alpha if group["maximize"] else -alpha) * v
-        p[...] = (w + step).T.reshape(p.shape) if flip else (w + step).reshape(p.shape)
+        new = (w + step).T.reshape(p.shape) if flip else (w + step).reshape(p.shape)
+        if not (np.isfinite(new).all() and np.isfinite(s).all()
+                and all(np.isfinite(v).all() for k, v in st.items() if k.startswith("mix_"))):
+            raise FloatingPointError("AutoSGM: the matrix path's step is not finite; step refused")
+        return new, st
 
     @staticmethod
     def _average(st, key, value):

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .kernels.hamiltonian import euler_costate, hamiltonian_euler
-from .optimizer import Optimizer, check_range
+from .optimizer import Optimizer, _interrupts_deferred, check_range
 from .state_checks import check_array
 
 _FLAGS = ("reset_neuron_costate", "reset_weight_costate", "local")
@@ -171,6 +171,7 @@ class HL(Optimizer):
 
     def weight_costates(self, group: int = 0) -> dict:
         """Copies of group ``group``'s weight costates, by parameter name."""
+        self._check_open()
         start = sum(len(g["params"]) for g in self.param_groups[:group])
         g = self.param_groups[group]
         return {name: self._backend.read("costate", start + k) for k, name in enumerate(g["names"])}
@@ -182,27 +183,36 @@ class HL(Optimizer):
         Everything (gradients, ``h_grad``, each model's ``delta``, the hyperparameters) is checked
         before anything changes.
         """
+        # never a no-op: without any gradient the neuron costates still take their decay step
+        self._check_step_args(closure, gradients, other_sources=True)
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             self._validate_group(group)
         deltas = [_check_delta(g["model"]) for g in self.param_groups]
+        self._sync_params()
         grads = self._collect_gradients(self._by_name(gradients))
         h_grads = self._check_h_grads(h_grad)
+        # the neuron costates' new values, computed on copies and written with the weights' update
+        costates = []
         for gi, group in enumerate(self.param_groups):
             keep, cstep, _ = self._coefficients(group, deltas[gi])
-            euler_costate(self._xi_costates[gi], h_grads[gi], keep, cstep)
-        if grads:
-            table = self._program.tables[0]
-            for i in grads:
-                gi = self._group_of[i]
-                group = self.param_groups[gi]
-                st = self.state.get(i)
-                if st is None:
-                    st = self.state[i] = {"step": 0}
-                st["step"] += 1
-                keep, cstep, neg_wstep = self._coefficients(group, deltas[gi])
-                table[i] = (keep, cstep, neg_wstep, 0.0 if group["local"] else 1.0)
-            self._backend.run(self._program, grads)
+            p_xi = self._xi_costates[gi].copy()
+            euler_costate(p_xi, h_grads[gi], keep, cstep)
+            if not np.isfinite(p_xi).all():
+                raise FloatingPointError(f"HL: the neuron costate of group {gi} would not be finite; step refused")
+            costates.append(p_xi)
+        with _interrupts_deferred():
+            if grads:
+                table = self._program.tables[0]
+                for i in grads:
+                    gi = self._group_of[i]
+                    keep, cstep, neg_wstep = self._coefficients(self.param_groups[gi], deltas[gi])
+                    table[i] = (keep, cstep, neg_wstep, 0.0 if self.param_groups[gi]["local"] else 1.0)
+                self._run(self._program, grads, upload_params=True)
+                for i in grads:
+                    self.state.setdefault(i, {"step": 0})["step"] += 1
+            for p_xi, new in zip(self._xi_costates, costates):
+                p_xi[...] = new
         return loss
 
     @staticmethod
@@ -262,6 +272,7 @@ class HL(Optimizer):
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Clear ``.grad`` of parameter objects (if any); reset the costates the groups ask to reset."""
+        self._check_open()
         super().zero_grad(set_to_none)
         start = 0
         for gi, group in enumerate(self.param_groups):

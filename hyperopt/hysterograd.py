@@ -120,6 +120,15 @@ class HIOptimizer(Optimizer):
 
     def _step(self, grads):
         records = self._records
+        before = records.copy()       # the groups' records change on the device: restored on failure
+        try:
+            self._run_step(grads)
+        except BaseException:
+            records[:] = before
+            raise
+
+    def _run_step(self, grads):
+        records = self._records
         for gi, group in enumerate(self.param_groups):
             if not records[gi, CTL_STARTED]:
                 records[gi] = 0
@@ -132,7 +141,6 @@ class HIOptimizer(Optimizer):
             return
         for i in grads:
             if i not in self.state:
-                self.state[i] = {}
                 self._backend.clear(i)   # state may remain from a load or an earlier layout
         nat, control, gate = self._program.tables
         for gi, group in enumerate(self.param_groups):
@@ -147,7 +155,9 @@ class HIOptimizer(Optimizer):
             nat[i] = (group["beta"], (1 - group["beta"]) * group["metric_scale"], group["epsilon"],
                       group["metric_power"])
             gate[i] = (group["lr"], group["epsilon"], group["metric_power"], gi * CTL_STRIDE)
-        self._backend.run(self._program, grads)
+        self._run(self._program, grads, upload_params=True)
+        for i in grads:
+            self.state.setdefault(i, {})
         rows = records[active]
         liquid = bool(rows[:, CTL_LIQUID].any())
         self._result = ("Liquid" if liquid else "Frozen",
@@ -157,6 +167,7 @@ class HIOptimizer(Optimizer):
     def shock(self, factor=0.5):
         """Geometric shock: ``tau <- factor*tau`` and ``T <- max(T, 0.2)`` in every started group,
         which lowers the barrier and lets frozen groups move again."""
+        self._check_open()
         check_range("factor", factor, 0, label="shock factor")
         for rec in self._records:
             if rec[CTL_STARTED]:
@@ -169,6 +180,7 @@ class HIOptimizer(Optimizer):
         """Per group, as of its last step: ``tau``, ``temperature``, ``energy``, ``norm`` (n_eff),
         ``barrier`` (h), ``clip_factor`` (k) and ``status`` ("Liquid"/"Frozen"; None before the
         optimizer's first step, "Liquid" until the group's first decision)."""
+        self._check_open()
         out = []
         for gi, rec in enumerate(self._records):
             started = bool(rec[CTL_STARTED])

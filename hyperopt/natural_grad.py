@@ -16,7 +16,7 @@ import numpy as np
 from .kernels.natural_grad import (WIDTH, element_keys, hash_stream, natural_grad_expand,
                                    natural_grad_hash_expand, natural_grad_hash_project,
                                    natural_grad_project, natural_grad_store)
-from .optimizer import Optimizer, _data, check_range
+from .optimizer import Optimizer, _data, _interrupts_deferred, check_range
 from .state_checks import check_count, check_keys, check_real
 
 CG_TOL = 1e-6          # upstream's fixed tolerance on the residual norm
@@ -244,25 +244,31 @@ class HCNaturalGrad(Optimizer):
         if self._functional:
             raise TypeError("this HCNaturalGrad was built without parameters: use step_params(model, params, "
                             "context), or construct it as HCNaturalGrad(params, ...)")
+        self._check_step_args(closure, gradients)
         B = check_branches(branches) if branches is not None else self.branches
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             self._validate_group(group)
+        self._sync_params()
         grads = self._collect_gradients(gradients)
         if grads:
-            self._step(grads, B)
+            rng = self._rng.bit_generator.state
+            with _interrupts_deferred():
+                try:
+                    self._step(grads, B)
+                except BaseException:
+                    self._rng.bit_generator.state = rng      # a refused step draws nothing
+                    raise
         return loss
 
     def _step(self, grads, B=None):
-        for i in grads:
-            st = self.state.setdefault(i, {"step": 0})
-            st["step"] += 1
         if B is None:
             table = self._descent.tables[0]
             for i in grads:
                 group = self.param_groups[self._group_of[i]]
                 table[i] = (-group["lr"], 0.0, 0.0, 0.0, 1.0) + _clip_fields(group, True)
-            self._backend.run(self._descent, grads)
+            self._run(self._descent, grads, upload_params=True)
+            self._count_steps(grads)
             return
         C = cov_empirical(B)
         D = C.shape[0]
@@ -288,9 +294,8 @@ class HCNaturalGrad(Optimizer):
                     a = _data(p)
                     self._backend.write("key", i, element_keys(a.size).reshape(a.shape))
                 self._keys_ready = True
-            self._hash_step += 1
             scale = 1.0 / math.sqrt(D)
-            streams = {(i, j0): hash_stream(self._seed_word, self._hash_step, i, j0 // 32)
+            streams = {(i, j0): hash_stream(self._seed_word, self._hash_step + 1, i, j0 // 32)
                        for i in active for j0, _ in blocks}
         for d, (j0, n) in enumerate(blocks):
             table = project.tables[d]
@@ -307,6 +312,9 @@ class HCNaturalGrad(Optimizer):
             damp = float(group["fisher_damp"])
             v = cg_solve(lambda z, C=C, damp=damp: C @ z + damp * z, g_state, iters=int(group["cg_iters"]), tol=CG_TOL)
             coef[gi] = -float(group["lr"]) * v * scale
+            if not np.isfinite(coef[gi]).all():
+                raise FloatingPointError(f"HCNaturalGrad: the preconditioned step of group {gi} is not finite "
+                                         "(try a larger fisher_damp); step refused")
         for d, (j0, n) in enumerate(blocks):
             table = expand.tables[d]
             last = d == len(blocks) - 1
@@ -315,7 +323,15 @@ class HCNaturalGrad(Optimizer):
                 c = list(coef[self._group_of[i]][j0:j0 + n]) + [0.0] * (WIDTH - n)
                 clip = _clip_fields(group, last)
                 table[i] = tuple(c) + (n,) + clip if streams is None else (streams[i, j0], j0 % 32, n) + tuple(c) + clip
-        self._backend.run(expand, None, download=True)
+        self._run(expand, None, download=True, upload_params=True)
+        self._count_steps(grads)
+        if streams is not None:
+            self._hash_step += 1
+
+    def _count_steps(self, grads):
+        for i in grads:
+            st = self.state.setdefault(i, {"step": 0})
+            st["step"] += 1
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
