@@ -23,7 +23,7 @@ import zlib
 
 import numpy as np
 
-from .optimizer import _data
+from .optimizer import _data, _interrupts_deferred
 
 FORMAT = "hyperopt-checkpoint"
 VERSION = 1
@@ -189,7 +189,7 @@ def load(optimizer, path) -> None:
         for i, p in enumerate(params):
             if not p.flags.writeable:
                 raise CheckpointError(f"{path} holds parameter values, but parameter {i} is a read-only array")
-    with _held(optimizer):
+    with _held(optimizer), _interrupts_deferred():    # Ctrl-C waits: state and parameters move together
         optimizer.load_state_dict(state_dict)  # checks everything first; raises with nothing changed
         if values:
             for p, v in zip(params, values):

@@ -356,11 +356,12 @@ class Optimizer:
         self._check_open()
         checked = self._check_state_dict(plain_copy(state_dict))   # a copy: never alias the caller's arrays
         backup = self.state_dict()
-        try:
-            self._load_state(checked)
-        except BaseException:
-            self._load_state(self._check_state_dict(backup))
-            raise
+        with _interrupts_deferred():             # Ctrl-C waits until the load (or its rollback) is done
+            try:
+                self._load_state(checked)
+            except BaseException:
+                self._load_state(self._check_state_dict(backup))
+                raise
 
     def _check_state_dict(self, sd) -> dict:
         """``sd`` checked entry by entry and normalised (in place), or an error; changes nothing
