@@ -28,8 +28,9 @@ from .schedules import Window, WindowLR
 from .lr_scheduler import (CosineAnnealingLR, ExponentialLR, LambdaLR, LinearLR, MultiStepLR, SequentialLR,
                            StepLR)
 from .utils import clip_grad_norm_
+from .checkpoint import CheckpointError, load, save
 
 __all__ = ["Optimizer", "AdamW", "HypergradientAdamW", "AutoHypergradientAdamW", "HIOptimizer", "AutoSGM",
            "HCNaturalGrad", "HL", "Window", "WindowLR", "LambdaLR", "StepLR", "MultiStepLR", "ExponentialLR",
-           "CosineAnnealingLR", "LinearLR", "SequentialLR", "clip_grad_norm_"]
+           "CosineAnnealingLR", "LinearLR", "SequentialLR", "clip_grad_norm_", "save", "load", "CheckpointError"]
 __version__ = "0.1.0"

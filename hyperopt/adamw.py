@@ -5,7 +5,7 @@ import math
 
 
 from .kernels import adamw_update
-from .optimizer import Optimizer, check_range
+from .optimizer import Optimizer, check_flag, check_range
 
 
 class AdamW(Optimizer):
@@ -32,11 +32,13 @@ class AdamW(Optimizer):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, use_gpu=True, device=None):
+                 amsgrad=False, *, maximize=False, use_gpu="auto", device=None):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize)
         self._validate_group(defaults)
         super().__init__(params, defaults, use_gpu=use_gpu, device=device)
+
+    _buffer_kinds = {"exp_avg": "elements", "exp_avg_sq": "nonneg elements", "max_exp_avg_sq": "nonneg elements"}
 
     @property
     def state_buffers(self):
@@ -52,7 +54,10 @@ class AdamW(Optimizer):
             raise ValueError(f"Invalid betas: {betas} (expected a pair)")
         for k, b in enumerate(betas):
             check_range("beta", b, 0, 1, high_open=True, label=f"beta parameter at index {k}")
+        group["betas"] = tuple(betas)
         check_range("weight_decay", group["weight_decay"], 0, label="weight_decay value")
+        check_flag("amsgrad", group["amsgrad"])
+        check_flag("maximize", group["maximize"])
 
     def _add_group(self, group, rebind):
         had_amsgrad = any(g["amsgrad"] for g in self.param_groups)

@@ -91,7 +91,7 @@ def _config(cls, value, key):
 
 
 def _flag(value, label):
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ValueError(f"Invalid {label}: {value!r} (expected True or False)")
 
@@ -186,7 +186,7 @@ class AutoSGM(Optimizer):
 
     def __init__(self, params, *, lr_cfg=(True, 1e-2, 0), beta_cfg=(0.9999, 0.999, 0.9, 0.0, 0.0, True),
                  rc_cfg=(0, 0, 0, 2, 1, 1000, 1, 1, 0), wd_cfg=(0.0, 0), eps_cfg=(1e-10,),
-                 mix_cfg=(False, False, 1e-2, 0.95, 0.0), maximize=False, use_gpu=True, device=None):
+                 mix_cfg=(False, False, 1e-2, 0.95, 0.0), maximize=False, use_gpu="auto", device=None):
         defaults = dict(lr_cfg=lr_cfg, beta_cfg=beta_cfg, rc_cfg=rc_cfg, wd_cfg=wd_cfg, eps_cfg=eps_cfg,
                         mix_cfg=mix_cfg, maximize=maximize)
         self._windows: dict[tuple, Window] = {}
@@ -439,6 +439,26 @@ class AutoSGM(Optimizer):
         if i in self.state:
             out["lr_num"] = float(self._ctl[CTL_STRIDE * i + CTL_LR_NUM])
         return out
+
+    _state_kinds = {"step": "count", "window": "real", "lr_num": "real", "mix_sm": "array", "mix_M": "array",
+                    "mix_c": "nonneg", "mix_cw": "nonneg"}
+    _buffer_kinds = {"g_sm": "elements", "g_var": "nonneg elements", "g_mag": "nonneg elements",
+                     "wsq": "nonneg elements", "pcor": "elements", "pcx": "elements", "upd": "elements"}
+
+    def _check_state_dict(self, sd):
+        sd = super()._check_state_dict(sd)
+        params = self.params()
+        for i, entry in sd["state"].items():
+            p = _data(params[i])
+            if not any(k.startswith("mix_") for k in entry):
+                continue
+            if p.ndim < 2 or p.size == 0:
+                raise ValueError(f"state of parameter {i} has matrix-path entries, but the parameter has shape {p.shape}")
+            rows, cols = sorted((p.shape[0], p.size // p.shape[0]))   # the side with fewer rows, as _mix_step
+            for key, shape in (("mix_sm", (rows, cols)), ("mix_M", (rows, rows))):
+                if key in entry and entry[key].shape != shape:
+                    raise ValueError(f"state '{key}' of parameter {i} has shape {entry[key].shape}, expected {shape}")
+        return sd
 
     def _load_state(self, state_dict: dict) -> None:
         # make room for every buffer the dict carries before the base class writes them

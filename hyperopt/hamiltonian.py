@@ -8,6 +8,7 @@ import numpy as np
 
 from .kernels.hamiltonian import euler_costate, hamiltonian_euler
 from .optimizer import Optimizer, _interrupts_deferred, check_range
+from .state_checks import check_array
 
 _FLAGS = ("reset_neuron_costate", "reset_weight_costate", "local")
 
@@ -83,10 +84,11 @@ class HL(Optimizer):
     """
 
     state_buffers = ("costate",)
+    _buffer_kinds = {"costate": "elements"}
     _internal_group_keys = ("model", "names")     # kept in the groups, not hyperparameters
 
     def __init__(self, models, *, gamma=1.0, flip=-1.0, theta=0.1, beta=1.0, reset_neuron_costate=False,
-                 reset_weight_costate=False, local=True, use_gpu=True, device=None):
+                 reset_weight_costate=False, local=True, use_gpu="auto", device=None):
         defaults = dict(gamma=gamma, flip=flip, theta=theta, beta=beta, reset_neuron_costate=reset_neuron_costate,
                         reset_weight_costate=reset_weight_costate, local=local)
         self._validate_group(defaults)
@@ -298,20 +300,25 @@ class HL(Optimizer):
             entry.pop("model", None)       # the model object is the caller's, not optimizer state
         return sd
 
-    def _load_state(self, state_dict: dict) -> None:
-        groups, extra = state_dict["param_groups"], state_dict.get("extra")
-        if len(groups) == len(self.param_groups):
-            for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
-                if "names" in theirs and list(theirs["names"]) != mine["names"]:
-                    raise ValueError(f"group {gi} has parameters {theirs['names']} in the state dict, "
-                                     f"{mine['names']} in the optimizer")
-        if extra is not None:
-            for gi, (e, p_xi) in enumerate(zip(extra, self._xi_costates)):
-                if np.shape(e.get("neuron_costate")) != p_xi.shape:
-                    raise ValueError(f"neuron costate of group {gi} has shape {np.shape(e.get('neuron_costate'))}, "
-                                     f"expected {p_xi.shape}")
-        super()._load_state({**state_dict, "param_groups": [{k: v for k, v in g.items() if k != "model"}
-                                                                for g in groups]})
+    def _check_state_dict(self, sd):
+        sd = super()._check_state_dict(sd)
+        for gi, (mine, theirs) in enumerate(zip(self.param_groups, sd["param_groups"])):
+            if "model" in theirs:
+                raise ValueError(f"param group {gi} of the state dict holds a model: models are the caller's")
+            if "names" in theirs and list(theirs["names"]) != mine["names"]:
+                raise ValueError(f"group {gi} has parameters {theirs['names']} in the state dict, "
+                                 f"{mine['names']} in the optimizer")
+        return sd
+
+    def _group_extra_kinds(self):
+        return ("neuron_costate",)
+
+    def _check_group_extra(self, gi, extra):
+        if "neuron_costate" in extra:
+            p_xi = self._xi_costates[gi]
+            extra["neuron_costate"] = check_array(extra["neuron_costate"], f"neuron costate of group {gi}",
+                                                  shape=p_xi.shape, dtype=p_xi.dtype)
+        return extra
 
     def _group_extra(self):
         return [{"neuron_costate": p.copy()} for p in self._xi_costates]

@@ -28,7 +28,8 @@ from collections import deque
 from .adamw import AdamW
 from .kernels import adamw_update
 from .kernels.hypergradient import hypergradient_direction, hypergradient_reduce
-from .optimizer import check_range
+from .optimizer import check_flag, check_range
+from .state_checks import check_count, check_keys, check_real, check_reals
 
 #: A previous-direction norm at or below this is treated as "no direction yet".
 _TINY = 1e-12
@@ -52,6 +53,8 @@ class _HypergradientBase(AdamW):
     """
 
     _tracks_surprise = False
+    _state_kinds = {"step": "count", "direction_sq": "nonneg", "has_ema": "flag"}
+    _buffer_kinds = dict(AdamW._buffer_kinds, direction="elements", grad_ema="elements")
 
     def __init__(self, params, defaults, *, use_gpu, device, history_size):
         _check_history_size(history_size)
@@ -224,6 +227,24 @@ class _HypergradientBase(AdamW):
                  "lr_history": list(h["lr_history"]), "beta1_history": list(h["beta1_history"])}
                 for h in self._hyper]
 
+    _EXTRA = ("steps", "G_lr", "G_beta", "lr_history", "beta1_history")
+
+    def _group_extra_kinds(self):
+        return self._EXTRA
+
+    def _check_group_extra(self, gi, e):
+        where = f"group state {gi}"
+        out = {}
+        if "steps" in e:
+            out["steps"] = check_count(e["steps"], f"{where} 'steps'")
+        for key in ("G_lr", "G_beta"):        # meta accumulators: start at 1, stay > 0
+            if key in e:
+                out[key] = check_real(e[key], f"{where} '{key}'", 0.0, low_open=True)
+        for key in ("lr_history", "beta1_history"):
+            if key in e:
+                out[key] = check_reals(e[key], f"{where} '{key}'")
+        return out
+
     def _load_group_extra(self, extra):
         for h, e, g in zip(self._hyper, extra, self.param_groups):
             h["steps"] = int(e.get("steps", 0))
@@ -235,6 +256,12 @@ class _HypergradientBase(AdamW):
     def _global_state(self):
         return {"steps": self._steps}
 
+    def _check_global_state(self, state):
+        """The optimizer-wide entries (``"hypergradient"``), checked and normalised."""
+        if "steps" in state:
+            state["steps"] = check_count(state["steps"], "hypergradient 'steps'")
+        return state
+
     def _load_global_state(self, state):
         self._steps = int(state.get("steps", 0))
 
@@ -242,6 +269,13 @@ class _HypergradientBase(AdamW):
         """The base class's state dict plus ``"hypergradient"``: the adaptation state and histories."""
         sd = super().state_dict()
         sd["hypergradient"] = self._global_state()
+        return sd
+
+    def _check_state_dict(self, sd):
+        sd = super()._check_state_dict(sd)
+        allowed = tuple(self._global_state())
+        sd["hypergradient"] = self._check_global_state(
+            dict(check_keys(sd.get("hypergradient", {}), "state dict's 'hypergradient'", allowed)))
         return sd
 
     def _load_state(self, state_dict):
@@ -285,18 +319,19 @@ class HypergradientAdamW(_HypergradientBase):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta_hyper=1e-7,
-                 lr_min=1e-6, lr_max=1.0, log_scale=False, use_gpu=True, device=None, *, amsgrad=False,
-                 maximize=False, history_size=10000):
+                 lr_min=1e-6, lr_max=1.0, log_scale=False, *, amsgrad=False, maximize=False,
+                 history_size=10000, use_gpu="auto", device=None):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, beta_hyper=beta_hyper, lr_min=lr_min, lr_max=lr_max,
-                        log_scale=bool(log_scale))
+                        log_scale=log_scale)
         super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size)
 
     def _validate_group(self, group):
         super()._validate_group(group)
         check_range("beta_hyper", group["beta_hyper"], 0, label="beta_hyper value")
         self._validate_lr_range(group)
-        if group["log_scale"]:
+        check_flag("log_scale", group["log_scale"])
+        if group["log_scale"]:   # the adaptation works on log(lr)
             check_range("lr_min", group["lr_min"], 0, low_open=True, label="lr_min value (log_scale needs lr_min > 0)")
 
     def _wants_sums(self, gi, idx):
@@ -366,7 +401,8 @@ class AutoHypergradientAdamW(_HypergradientBase):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, hyper_lr=0.01,
                  hyper_lr_beta=1.0, lr_min=1e-6, lr_max=1.0, adapt_momentum=False, track_surprise=False,
                  surprise_gamma=0.9, surprise_alpha=0.1, trauma_threshold=0.5, beta_min=0.5, beta_max=0.9995,
-                 warmup_steps=10, use_gpu=True, device=None, *, amsgrad=False, maximize=False, history_size=10000):
+                 warmup_steps=10, *, amsgrad=False, maximize=False, history_size=10000, use_gpu="auto", device=None):
+        check_flag("track_surprise", track_surprise)
         check_range("surprise_gamma", surprise_gamma, 0, 1, label="surprise_gamma value")
         check_range("surprise_alpha", surprise_alpha, 0, 1, label="surprise_alpha value")
         check_range("trauma_threshold", trauma_threshold, 0, low_open=True, label="trauma_threshold value")
@@ -376,7 +412,7 @@ class AutoHypergradientAdamW(_HypergradientBase):
         self.trauma_threshold = float(trauma_threshold)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, hyper_lr=hyper_lr, hyper_lr_beta=hyper_lr_beta, lr_min=lr_min,
-                        lr_max=lr_max, adapt_momentum=bool(adapt_momentum), beta_min=beta_min,
+                        lr_max=lr_max, adapt_momentum=adapt_momentum, beta_min=beta_min,
                         beta_max=beta_max, warmup_steps=warmup_steps)
         super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size)
         self._reset_surprise()
@@ -399,6 +435,7 @@ class AutoHypergradientAdamW(_HypergradientBase):
         check_range("hyper_lr", group["hyper_lr"], 0, label="hyper_lr value")
         check_range("hyper_lr_beta", group["hyper_lr_beta"], 0, label="hyper_lr_beta value")
         self._validate_lr_range(group)
+        check_flag("adapt_momentum", group["adapt_momentum"])
         check_range("beta_min", group["beta_min"], 0, 1, high_open=True, label="beta_min value")
         check_range("beta_max", group["beta_max"], group["beta_min"], 1, high_open=True, label="beta_max value")
         w = group["warmup_steps"]
@@ -487,6 +524,16 @@ class AutoHypergradientAdamW(_HypergradientBase):
         return dict(super()._global_state(), var_ema=self._var_ema, surprise=self._surprise, s_bar=self._s_bar,
                     gain=self._gain, surprise_history=list(self._surprise_history),
                     s_bar_history=list(self._s_bar_history))
+
+    def _check_global_state(self, state):
+        state = super()._check_global_state(state)
+        for key in ("var_ema", "surprise", "s_bar", "gain"):
+            if key in state:
+                state[key] = check_real(state[key], f"hypergradient '{key}'", 0.0)
+        for key in ("surprise_history", "s_bar_history"):
+            if key in state:
+                state[key] = check_reals(state[key], f"hypergradient '{key}'")
+        return state
 
     def _load_global_state(self, state):
         super()._load_global_state(state)

@@ -6,7 +6,8 @@ import numpy as np
 from .kernels.hysterograd import (CTL_BARRIER, CTL_CLIP, CTL_ENERGY, CTL_LIQUID, CTL_NORM, CTL_STARTED,
                                   CTL_STRIDE, CTL_TAU, CTL_TEMP, hysteresis_control, hysteresis_gate,
                                   natural_gradient)
-from .optimizer import Optimizer, check_range
+from .optimizer import Optimizer, check_flag, check_range
+from .state_checks import check_real
 
 _SHOCK_MIN_TEMP = np.float32(0.2)
 
@@ -64,10 +65,13 @@ class HIOptimizer(Optimizer):
     """
 
     state_buffers = ("metric",)
+    _state_kinds: dict = {}
+    _required_state = ()
+    _buffer_kinds = {"metric": "nonneg elements"}
 
     def __init__(self, params, lr=1e-3, stiffening_factor=0.01, beta=0.99, epsilon=1e-7, cooling_rate=0.99,
                  initial_temp=1.0, metric_scale=1.0, adaptive_threshold=True, grad_clip=None,
-                 hysteresis_scale=1.0, *, metric_power=0.5, schmitt=None, use_gpu=True, device=None):
+                 hysteresis_scale=1.0, *, metric_power=0.5, schmitt=None, use_gpu="auto", device=None):
         defaults = dict(lr=lr, stiffening_factor=stiffening_factor, beta=beta, epsilon=epsilon,
                         cooling_rate=cooling_rate, initial_temp=initial_temp, metric_scale=metric_scale,
                         adaptive_threshold=adaptive_threshold, grad_clip=grad_clip,
@@ -85,6 +89,7 @@ class HIOptimizer(Optimizer):
         check_range("cooling_rate", group["cooling_rate"], 0, label="cooling rate")
         check_range("initial_temp", group["initial_temp"], 0, label="initial temperature")
         check_range("metric_scale", group["metric_scale"], 0, low_open=True, label="metric scale")
+        check_flag("adaptive_threshold", group["adaptive_threshold"])
         if group["grad_clip"] is not None:
             check_range("grad_clip", group["grad_clip"], 0, label="grad_clip value")
         check_range("hysteresis_scale", group["hysteresis_scale"], 0, label="hysteresis scale")
@@ -209,6 +214,24 @@ class HIOptimizer(Optimizer):
     def _group_extra(self):
         return [{key: float(rec[col]) for key, col in self._EXTRA} if rec[CTL_STARTED] else {}
                 for rec in self._records]
+
+    #: group records that cannot be negative (tau and T grow from 0 and cool towards 0, the rest are norms)
+    _NONNEG_EXTRA = ("tau", "temp", "avg_energy", "norm", "barrier", "clip_factor")
+
+    def _group_extra_kinds(self):
+        return tuple(key for key, _ in self._EXTRA)
+
+    def _check_group_extra(self, gi, entry):
+        if not entry:
+            return entry                 # a group that has not started
+        missing = [key for key, _ in self._EXTRA if key not in entry]
+        if missing:
+            raise ValueError(f"group state {gi} lacks {missing}")
+        out = {key: check_real(entry[key], f"group state {gi} '{key}'", 0.0) for key in self._NONNEG_EXTRA}
+        if entry["liquid"] not in (0, 1) or isinstance(entry["liquid"], str):
+            raise ValueError(f"group state {gi} 'liquid' must be 0 or 1, got {entry['liquid']!r}")
+        out["liquid"] = float(entry["liquid"])
+        return out
 
     def _load_group_extra(self, extra):
         if len(extra) != len(self._records):

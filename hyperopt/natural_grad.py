@@ -8,7 +8,6 @@ The helpers the functional interface rests on (``flatten_params``, ``deflatten_p
 """
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 
@@ -18,9 +17,9 @@ from .kernels.natural_grad import (WIDTH, element_keys, hash_stream, natural_gra
                                    natural_grad_hash_expand, natural_grad_hash_project,
                                    natural_grad_project, natural_grad_store)
 from .optimizer import Optimizer, _data, _interrupts_deferred, check_range
+from .state_checks import check_count, check_keys, check_real
 
 CG_TOL = 1e-6          # upstream's fixed tolerance on the residual norm
-_UNSET = object()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -98,14 +97,6 @@ def check_branches(branches) -> np.ndarray:
     return B
 
 
-def _hyperparameters(lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None, seed=12345, *,
-                     branches=_UNSET, projection=_UNSET, use_gpu=_UNSET, device=_UNSET):
-    return locals()
-
-
-_SIGNATURE = inspect.signature(_hyperparameters)
-
-
 # ---------------------------------------------------------------------------------------------- optimizer
 class HCNaturalGrad(Optimizer):
     r"""HyperCausal natural gradient: precondition by the covariance of state branches, through a
@@ -153,7 +144,7 @@ class HCNaturalGrad(Optimizer):
     context)``, when given, replaces ``context["grads"]``.  The step returns new arrays and the state
     ``{"steps", "precond_norm"}``.
 
-    **Ordinary form** (a first positional argument that is not a number is the parameter list)::
+    **Ordinary form** (the first argument is the parameter list)::
 
         opt = HCNaturalGrad([W, b], lr=0.05, fisher_damp=0.1, use_gpu=True)
         opt.step(gradients=[gW, gb], branches=B)             # in place; branches=None: plain descent
@@ -186,51 +177,41 @@ class HCNaturalGrad(Optimizer):
     missing gradient key raises ValueError (upstream: KeyError); hyperparameters are validated.
     """
 
-    def __init__(self, *args, **kwargs):
-        """``HCNaturalGrad(lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None, seed=12345)``
-        or ``HCNaturalGrad(params, lr=..., fisher_damp=..., cg_iters=..., clip=..., seed=..., *,
-        branches=None, projection="numpy", use_gpu=True, device=None)``."""
-        if "params" in kwargs:
-            params, rest = kwargs.pop("params"), args
-        elif args and not (args[0] is None or isinstance(args[0], numbers.Real)):
-            params, rest = args[0], args[1:]
-        else:
-            params, rest = None, args
-        try:
-            cfg = _SIGNATURE.bind(*rest, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"HCNaturalGrad: {exc}") from None
-        cfg.apply_defaults()
-        cfg = dict(cfg.arguments)
-        hyper = {k: cfg[k] for k in ("lr", "fisher_damp", "cg_iters", "clip")}
+    def __init__(self, params=None, lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None,
+                 seed=12345, *, branches=None, projection="numpy", use_gpu="auto", device=None):
+        """``HCNaturalGrad(params, lr=..., ...)`` over a list of arrays (or parameter groups); without
+        ``params`` (``HCNaturalGrad(lr=..., ...)``) the functional interface (``step_params``)."""
+        if isinstance(params, numbers.Number):
+            raise TypeError(f"HCNaturalGrad: the first argument is the parameter list, got the number {params!r}; "
+                            "for the functional interface pass the hyperparameters by keyword: HCNaturalGrad(lr=...)")
+        hyper = dict(lr=lr, fisher_damp=fisher_damp, cg_iters=cg_iters, clip=clip)
         self._validate_group(hyper)
-        self._rng = np.random.default_rng(cfg["seed"])
-        self._seed_word = _seed_word(cfg["seed"])
+        self._rng = np.random.default_rng(seed)
+        self._seed_word = _seed_word(seed)
         self._functional = params is None
         if self._functional:
-            extra = [k for k in ("branches", "projection", "use_gpu", "device") if cfg[k] is not _UNSET]
+            given = {"branches": branches is not None, "projection": projection != "numpy",
+                     "use_gpu": not (isinstance(use_gpu, str) and use_gpu == "auto"), "device": device is not None}
+            extra = [k for k, v in given.items() if v]
             if extra:
                 raise TypeError(f"HCNaturalGrad: {', '.join(extra)} only apply when constructed over parameters "
                                 "(the functional interface runs in float64 on the host)")
-            self.lr, self.fisher_damp = float(hyper["lr"]), float(hyper["fisher_damp"])
-            self.cg_iters, self.clip = int(hyper["cg_iters"]), hyper["clip"]
-            self.grad_estimator = cfg["grad_estimator"]
+            self.lr, self.fisher_damp = float(lr), float(fisher_damp)
+            self.cg_iters, self.clip = int(cg_iters), clip
+            self.grad_estimator = grad_estimator
             self.defaults, self.param_groups, self.state = dict(hyper), [], {}
             self._state = {}
             return
-        if cfg["grad_estimator"] is not None:
+        if grad_estimator is not None:
             raise TypeError("HCNaturalGrad: grad_estimator belongs to the functional interface (step_params); "
                             "pass gradients to step() instead")
-        projection = "numpy" if cfg["projection"] is _UNSET else cfg["projection"]
         if projection not in ("numpy", "hash"):
             raise ValueError(f"Invalid projection: {projection!r} (expected 'numpy' or 'hash')")
         self.projection = projection
-        branches = None if cfg["branches"] is _UNSET else cfg["branches"]
         self.branches = None if branches is None else check_branches(branches)
         self._n_proj = self.branches.shape[1] if (self.branches is not None and projection == "numpy") else 0
         self._hash_step = 0
-        super().__init__(params, hyper, use_gpu=True if cfg["use_gpu"] is _UNSET else cfg["use_gpu"],
-                         device=None if cfg["device"] is _UNSET else cfg["device"])
+        super().__init__(params, hyper, use_gpu=use_gpu, device=device)
 
     # ------------------------------------------------------------------ validation and layout
     def _validate_group(self, group):
@@ -377,34 +358,69 @@ class HCNaturalGrad(Optimizer):
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
-        """The state (and, for the functional form, the random generator's state) as plain values."""
+        """The optimizer's state; also the position in its random stream (``rng`` for the NumPy
+        projection, ``seed_word`` and ``hash_step`` for the hash projection), so a resumed run draws
+        the same projections as an uninterrupted one."""
         if self._functional:
-            return {"functional": True, "state": dict(self._state), "rng": self._rng.bit_generator.state,
+            return {"optimizer": type(self).__name__, "functional": True, "state": dict(self._state),
+                    "rng": self._rng.bit_generator.state,
                     "hyper": dict(lr=self.lr, fisher_damp=self.fisher_damp, cg_iters=self.cg_iters, clip=self.clip)}
         sd = super().state_dict()
         for entry in sd["state"].values():      # projections and keys are scratch, regenerated each step
             for name in self.state_buffers:
                 entry.pop(name, None)
+        sd["functional"] = False
         sd["rng"] = self._rng.bit_generator.state
+        sd["seed_word"] = self._seed_word
         sd["hash_step"] = self._hash_step
+        return sd
+
+    def _check_state_dict(self, sd):
+        self._check_made_by(sd)
+        if bool(sd.get("functional")) != self._functional:
+            raise ValueError("state dict comes from " + ("an HCNaturalGrad over parameters, this one is functional"
+                                                         if self._functional else
+                                                         "a functional HCNaturalGrad, this one is built over parameters"))
+        if self._functional:
+            check_keys(sd, "state dict", ("optimizer", "functional", "state", "rng", "hyper"),
+                       ("state", "rng", "hyper"))
+            hyper = dict(check_keys(sd["hyper"], "state dict's 'hyper'", ("lr", "fisher_damp", "cg_iters", "clip"),
+                                    ("lr", "fisher_damp", "cg_iters", "clip")))
+            self._validate_group(hyper)
+            state = check_keys(sd["state"], "state dict's 'state'", ("steps", "precond_norm"))
+            if "steps" in state:
+                state["steps"] = check_count(state["steps"], "state 'steps'")
+            if "precond_norm" in state:
+                state["precond_norm"] = check_real(state["precond_norm"], "state 'precond_norm'", 0.0)
+            _check_rng(sd["rng"], self._rng)
+            return sd
+        extra = {k: sd.pop(k) for k in ("functional", "rng", "seed_word", "hash_step") if k in sd}
+        missing = [k for k in ("rng", "hash_step") if k not in extra]
+        if missing:
+            raise ValueError(f"state dict lacks {missing}")
+        sd = super()._check_state_dict(sd)
+        _check_rng(extra["rng"], self._rng)
+        sd["rng"] = extra["rng"]
+        sd["hash_step"] = check_count(extra["hash_step"], "state dict's 'hash_step'")
+        if "seed_word" in extra:
+            word = check_count(extra["seed_word"], "state dict's 'seed_word'")
+            if word >= 2 ** 32:
+                raise ValueError(f"state dict's 'seed_word' must be a 32-bit word, got {word}")
+            sd["seed_word"] = word
         return sd
 
     def _load_state(self, state_dict):
         if self._functional:
-            if not state_dict.get("functional"):
-                raise ValueError("state dict comes from an HCNaturalGrad over parameters, this one is functional")
-            self._validate_group(state_dict["hyper"])
             self._rng.bit_generator.state = state_dict["rng"]
             self._state = dict(state_dict["state"])
             for k, v in state_dict["hyper"].items():
                 setattr(self, k, v)
             return
-        if state_dict.get("functional"):
-            raise ValueError("state dict comes from a functional HCNaturalGrad, this one is built over parameters")
-        self._keys_ready = False      # loading clears every state buffer, the hash keys too
+        self._keys_ready = False    # the base class clears every buffer, the hash keys included
         super()._load_state(state_dict)
         self._rng.bit_generator.state = state_dict["rng"]
-        self._hash_step = int(state_dict.get("hash_step", 0))
+        self._seed_word = state_dict.get("seed_word", self._seed_word)
+        self._hash_step = state_dict["hash_step"]
 
     @property
     def backend(self) -> str:
@@ -484,3 +500,15 @@ def _seed_word(seed) -> int:
     if isinstance(seed, numbers.Integral):
         return int(seed) & 0xFFFFFFFF
     return int(np.random.default_rng(seed).integers(0, 2**32))
+
+
+def _check_rng(state, rng):
+    """A saved bit-generator state of the same kind as ``rng``'s, checked by NumPy on a scratch generator."""
+    own = rng.bit_generator.state
+    if not isinstance(state, dict) or state.get("bit_generator") != own["bit_generator"]:
+        raise ValueError(f"state dict's 'rng' must be the state of a {own['bit_generator']} generator")
+    scratch = type(rng.bit_generator)()
+    try:
+        scratch.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ValueError(f"state dict's 'rng' is not a valid {own['bit_generator']} state: {exc}") from None

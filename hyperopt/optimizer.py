@@ -7,6 +7,11 @@ writing ``group['lr']`` takes effect).  Per-parameter scalar state (step counter
 metrics) lives in the backend, on the device for the Vulkan path, and ``state_of(p)`` returns all of
 it as NumPy arrays.
 
+``state_dict()`` is plain data (by parameter index) and ``load_state_dict`` checks every entry before
+anything changes; ``hyperopt.save``/``hyperopt.load`` (``checkpoint.py``) put it in a file without
+pickle.  Optimizers themselves are neither pickled nor copied (they hold the caller's arrays and
+device resources): the error says to use those two.
+
 Subclasses declare ``state_buffers`` (per-element state, zero-initialised) and implement
 ``_step(grads)`` with ``grads`` a dict ``{index: float array}`` of checked gradients.
 
@@ -21,13 +26,18 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import pickle
 import signal
 import threading
 
 import numpy as np
 
 from .backends import select_backend
+from .state_checks import check_entry, check_keys, plain_copy
+
+#: why an optimizer is not pickled or copied, and what to use instead
+_NO_COPY = ("{} objects cannot be {}: an optimizer is bound to the caller's parameter arrays and to device "
+            "resources.  Save a checkpoint with hyperopt.save(optimizer, path) and restore it into a new optimizer "
+            "over the same parameters with hyperopt.load(optimizer, path) (or use state_dict()/load_state_dict()).")
 
 try:
     from numpy.lib.array_utils import byte_bounds as _byte_bounds
@@ -51,7 +61,7 @@ class Optimizer:
     #: group keys that are bookkeeping, not hyperparameters (left out of ``repr``)
     _internal_group_keys: tuple[str, ...] = ()
 
-    def __init__(self, params, defaults: dict, *, use_gpu: bool = False, device: str | None = None):
+    def __init__(self, params, defaults: dict, *, use_gpu="auto", device=None):
         self.defaults = dict(defaults)
         self.state: dict[int, dict] = {}
         self.param_groups: list[dict] = []
@@ -327,7 +337,7 @@ class Optimizer:
         return out
 
     def _group_extra(self) -> list[dict]:
-        """Per-group state that is not a hyperparameter (override; must be picklable)."""
+        """Per-group state that is not a hyperparameter (override; plain data: numbers, lists, arrays)."""
         return [{} for _ in self.param_groups]
 
     def _load_group_extra(self, extra: list[dict]) -> None:
@@ -339,8 +349,17 @@ class Optimizer:
         np.add.at(out, np.asarray(self._group_of), segment_sums)
         return out
 
+    #: per-parameter state that is not a state buffer: name -> kind (see ``state_checks.check_entry``)
+    _state_kinds: dict[str, str] = {"step": "count"}
+    #: entries every parameter's state must have in a loaded dict
+    _required_state: tuple[str, ...] = ("step",)
+    #: every per-element buffer a loaded dict may carry: name -> kind ("elements" or "nonneg elements")
+    _buffer_kinds: dict[str, str] = {}
+
     def state_dict(self) -> dict:
-        """A portable snapshot: parameters by index, arrays as NumPy copies, picklable."""
+        """A portable snapshot: parameters by index, arrays as NumPy copies, the optimizer's class
+        name under ``"optimizer"``.  Plain data only (dicts, lists, numbers, strings, arrays):
+        ``hyperopt.save`` writes it without pickle."""
         self._check_open()
         groups, start = [], 0
         for g in self.param_groups:
@@ -349,55 +368,114 @@ class Optimizer:
             start += len(g["params"])
             groups.append(entry)
         state = {i: self.state_of(i) for i in sorted(self.state)}
-        return {"state": state, "param_groups": groups, "extra": self._group_extra()}
+        return {"optimizer": type(self).__name__, "state": state, "param_groups": groups,
+                "extra": self._group_extra()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore a ``state_dict()``.  All or nothing: a dict that fails a check part-way leaves
-        the optimizer exactly as it was."""
+        """Restore a ``state_dict()`` of this optimizer class.  Every entry is checked first (class,
+        groups, types, ranges, finiteness, shapes); a dict that fails anywhere raises and leaves the
+        optimizer exactly as it was."""
         self._check_open()
+        checked = self._check_state_dict(plain_copy(state_dict))   # a copy: never alias the caller's arrays
         backup = self.state_dict()
-        try:
-            self._load_state(pickle.loads(pickle.dumps(state_dict)))   # never alias the caller's arrays
-        except Exception:
-            self._load_state(backup)
-            raise
+        with _interrupts_deferred():             # Ctrl-C waits until the load (or its rollback) is done
+            try:
+                self._load_state(checked)
+            except BaseException:
+                self._load_state(self._check_state_dict(backup))
+                raise
+
+    def _check_state_dict(self, sd) -> dict:
+        """``sd`` checked entry by entry and normalised (in place), or an error; changes nothing
+        in the optimizer.  Subclasses extend it for their own entries."""
+        self._check_made_by(sd)
+        for key in ("state", "param_groups"):
+            if key not in sd:
+                raise ValueError(f"state dict has no '{key}' entry")
+        groups = sd["param_groups"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            n = len(groups) if isinstance(groups, (list, tuple)) else type(groups).__name__
+            raise ValueError(f"loaded state dict has {n} parameter groups, optimizer has {len(self.param_groups)}")
+        start, checked = 0, []
+        for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
+            if not isinstance(theirs, dict):
+                raise ValueError(f"param group {gi} of the state dict is a {type(theirs).__name__}, not a dict")
+            n = len(mine["params"])
+            if list(theirs.get("params", ())) != list(range(start, start + n)):
+                raise ValueError(f"group {gi} has parameters {theirs.get('params')} in the state dict, expected "
+                                 f"the indices {list(range(start, start + n))} ({n} parameters)")
+            start += n
+            unknown = sorted(set(theirs) - set(mine), key=str)
+            if unknown:
+                raise ValueError(f"param group {gi} of the state dict has unknown entries {unknown}")
+            candidate = dict(mine, **{k: v for k, v in theirs.items() if k != "params"})
+            self._validate_group(candidate)          # types and ranges, as for the constructor
+            checked.append(dict({k: v for k, v in candidate.items() if k in theirs}, params=theirs["params"]))
+        sd["param_groups"] = checked
+        params = [_data(p) for p in self.params()]
+        state = sd["state"]
+        if not isinstance(state, dict):
+            raise ValueError(f"state dict's 'state' must be a dict by parameter index, got {type(state).__name__}")
+        kinds = dict(self._state_kinds, **self._buffer_kinds)
+        out = {}
+        for i, entry in state.items():
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(params):
+                raise ValueError(f"state dict has state for parameter {i!r}, optimizer has {len(params)} "
+                                 f"(state is keyed by parameter index)")
+            check_keys(entry, f"state of parameter {i}", kinds, self._required_state)
+            out[i] = {name: check_entry(kinds[name], value, f"state '{name}' of parameter {i}", params[i])
+                      for name, value in entry.items()}
+        sd["state"] = out
+        extra = sd.get("extra", [{} for _ in groups])
+        if not isinstance(extra, (list, tuple)) or len(extra) != len(groups):
+            raise ValueError(f"state dict's 'extra' must be a list with one dict per parameter group ({len(groups)})")
+        sd["extra"] = [self._check_group_extra(gi, check_keys(e, f"group state {gi}", self._group_extra_kinds()))
+                       for gi, e in enumerate(extra)]
+        return sd
+
+    def _check_made_by(self, sd) -> None:
+        """Refuse anything but a dict made by this optimizer class."""
+        if not isinstance(sd, dict):
+            raise TypeError(f"state dict must be a dict, got {type(sd).__name__}")
+        made_by = sd.get("optimizer")
+        if made_by != type(self).__name__:
+            made_by = made_by if isinstance(made_by, str) else "an unknown optimizer (it has no 'optimizer' entry)"
+            raise ValueError(f"state dict was made by {made_by}, not {type(self).__name__}: "
+                             "an optimizer loads only its own class's state")
+
+    def _group_extra_kinds(self) -> tuple[str, ...]:
+        """Names a group's extra state may have (override with ``_group_extra``)."""
+        return ()
+
+    def _check_group_extra(self, gi: int, extra: dict) -> dict:
+        """Group ``gi``'s extra state checked and normalised (override with ``_load_group_extra``)."""
+        return extra
 
     def _load_state(self, state_dict: dict) -> None:
-        """``load_state_dict`` without the rollback (subclasses extend this one)."""
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError(f"loaded state dict has {len(groups)} parameter groups, optimizer has {len(self.param_groups)}")
-        for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
-            if len(theirs["params"]) != len(mine["params"]):
-                raise ValueError(f"group {gi} has {len(theirs['params'])} parameters in the state dict, "
-                                 f"{len(mine['params'])} in the optimizer")
-        params = self.params()
-        for i, entry in state_dict["state"].items():
-            if not 0 <= int(i) < len(params):
-                raise ValueError(f"state dict has state for parameter {i}, optimizer has {len(params)}")
-            shape = _data(params[int(i)]).shape
-            for name, value in entry.items():
-                if isinstance(value, np.ndarray) and value.shape != shape and name in self._backend.buffers:
-                    raise ValueError(f"state '{name}' of parameter {i} has shape {value.shape}, expected {shape}")
-                if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not _all_finite(value):
-                    raise ValueError(f"state '{name}' of parameter {i} contains NaN or infinity")
-        for mine, theirs in zip(self.param_groups, groups):
-            candidate = dict(mine, **{k: v for k, v in theirs.items() if k != "params"})
-            self._validate_group(candidate)
-        for mine, theirs in zip(self.param_groups, groups):
+        """``load_state_dict`` without the checks and the rollback (``state_dict`` is checked)."""
+        for mine, theirs in zip(self.param_groups, state_dict["param_groups"]):
             mine.update({k: v for k, v in theirs.items() if k != "params"})
         if tuple(self.state_buffers) != tuple(self._backend.buffers):
             self._rebind()          # e.g. amsgrad switched on: its buffer must exist before the write
         self.state = {}
-        for i in range(len(params)):
+        for i in range(len(self.params())):
             self._backend.clear(i)  # parameters the dict has no state for start fresh
         for i, entry in state_dict["state"].items():
-            i = int(i)
             self.state[i] = {k: v for k, v in entry.items() if k not in self._backend.buffers}
             for name in self._backend.buffers:
                 if name in entry:
                     self._backend.write(name, i, entry[name])
-        self._load_group_extra(state_dict.get("extra", [{} for _ in groups]))
+        self._load_group_extra(state_dict["extra"])
+
+    # ------------------------------------------------------------------ copies
+    def __reduce_ex__(self, protocol):
+        raise TypeError(_NO_COPY.format(type(self).__name__, "pickled"))
+
+    def __copy__(self):
+        raise TypeError(_NO_COPY.format(type(self).__name__, "copied"))
+
+    def __deepcopy__(self, memo):
+        raise TypeError(_NO_COPY.format(type(self).__name__, "copied"))
 
     def reload_params(self) -> None:
         """No longer needed: every step starts from the parameter arrays as they are (in-place
@@ -563,3 +641,10 @@ def check_range(name: str, value, low=None, high=None, *, low_open=False, high_o
         ok = value < high if high_open else value <= high
     if not ok:
         raise ValueError(f"Invalid {label}: {value}")
+
+
+def check_flag(name: str, value) -> None:
+    """torch-style check of a boolean flag: ``ValueError('Invalid <name>: ...')`` unless it is a bool
+    (a string such as ``"False"`` would otherwise be read by its truthiness)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Invalid {name}: {value!r} (expected True or False, got {type(value).__name__})")
