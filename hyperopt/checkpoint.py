@@ -23,7 +23,7 @@ import zlib
 
 import numpy as np
 
-from .optimizer import _data
+from .optimizer import _data, _interrupts_deferred
 
 FORMAT = "hyperopt-checkpoint"
 VERSION = 1
@@ -174,7 +174,7 @@ def load(optimizer, path) -> None:
     state_dict, values = optimizer._agreed(lambda: _prepare_load(optimizer, path)) \
         if getattr(optimizer, "comm", None) is not None else _prepare_load(optimizer, path)
     params = [_data(p) for p in optimizer.params()]
-    with _held(optimizer):
+    with _held(optimizer), _interrupts_deferred():    # Ctrl-C waits: state and parameters move together
         optimizer.load_state_dict(state_dict)  # checks everything first; raises with nothing changed
         if values:
             for p, v in zip(params, values):

@@ -177,11 +177,18 @@ class DistributedBackend:
                              f"rank {bad}: {theirs[bad] or 'none'}); every rank must build the optimizer over "
                              "parameters of the same shapes and dtypes, in the same order")
 
-    def set_param(self, i, array):
+    def check_param(self, i, array):
+        """Refuse (before anything changes) an array that parameter ``i`` cannot be rebound to."""
         if array.shape != self._params[i].shape or array.dtype != self._params[i].dtype:
             raise ValueError(f"parameter {i} must keep shape {self._params[i].shape} and dtype {self._params[i].dtype}")
         if not array.flags.c_contiguous:
-            raise ValueError(f"parameter {i} is not C-contiguous")
+            raise ValueError(f"parameter {i} was rebound to an array that is not C-contiguous; the distributed "
+                             "optimizer updates parameters through flat views (rebind to np.ascontiguousarray(...))")
+
+    def set_param(self, i, array):
+        """The caller rebound parameter ``i``: the shard's views are taken from ``array`` from now
+        on (``_piece`` slices the current array each run); the state is kept."""
+        self.check_param(i, array)
         self._params[i] = array
 
     def _piece(self, name, i):
@@ -318,6 +325,8 @@ class DistributedBackend:
         return Program(dispatches, len(self._params))
 
     def run(self, program, grads=None, download=True, upload_params=False):
+        # upload_params needs nothing here: the kernels read and write views of the caller's arrays
+        # as they are now (in-place edits and arrays rebound through set_param included)
         if grads is not None:
             self._grads = {}
             for i, g in grads.items():
@@ -353,6 +362,7 @@ class DistributedBackend:
             arrays = [self._piece(n, i) for n in names]
             shape = self._params[i].shape
             if a == 0 and b == self._params[i].size and b <= CHUNK:    # one block: the caller's shape
+                shape = shape or (1,)        # 0-d parameters: 1-element views, as the NumPy backend
                 items.append((i, ([x.reshape(shape) for x in arrays], kw), None))
             else:
                 items += [(i, (arrays, kw), slice(s, min(s + CHUNK, b - a))) for s in range(0, b - a, CHUNK)]

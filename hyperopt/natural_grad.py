@@ -1,6 +1,6 @@
 """HCNaturalGrad: gradient preconditioning by the covariance of model state branches.
 
-Two ways to use it (see the class docstring): the seed's functional interface over a dict of
+Two ways to use it (see the class docstring): upstream's functional interface over a dict of
 parameters (float64, on the host, reproducing upstream's trajectories and random stream bit for bit),
 and the ordinary optimizer over a list of arrays, whose two large products run on the backend.
 The helpers the functional interface rests on (``flatten_params``, ``deflatten_params``,
@@ -16,7 +16,7 @@ import numpy as np
 from .kernels.natural_grad import (WIDTH, element_keys, hash_stream, natural_grad_expand,
                                    natural_grad_hash_expand, natural_grad_hash_project,
                                    natural_grad_project, natural_grad_store)
-from .optimizer import Optimizer, _data, check_range
+from .optimizer import Optimizer, _data, _interrupts_deferred, check_range
 from .state_checks import check_count, check_keys, check_real
 
 CG_TOL = 1e-6          # upstream's fixed tolerance on the residual norm
@@ -102,6 +102,24 @@ class HCNaturalGrad(Optimizer):
     r"""HyperCausal natural gradient: precondition by the covariance of state branches, through a
     random projection between parameter space and state space.
 
+    Source: the ``HCNaturalGrad`` of qml-hcs (QML-HCS, "Quantum Machine Learning Hypercausal
+    System"), PyPI ``qml-hcs==0.2.0`` (https://pypi.org/project/qml-hcs/), module
+    ``qmlhc/optim/numpy_optim/natural_grad.py``; the GitHub repository
+    (https://github.com/Neureonmindflux-Research-Lab/qml-hcs) does not contain it.  That wheel is
+    the upstream code this class follows; there is no paper for the optimizer.
+
+    **What the branches are.**  ``branches`` is a K x D matrix: K samples of a D-dimensional state
+    of the model, whose covariance C weights the step.  For an ordinary network, a meaningful
+    choice is a hidden layer's mean activation under K forward passes of the batch with input noise
+    (benchmarks/train.py ``noisy_hidden_branches``: K=8, noise 0.1, D = the layer width): C says
+    how much the hidden state moves under perturbation.  Working settings on the digits MLP
+    [64, 64, 10]: ``lr=0.02, fisher_damp=0.1, projection="hash"`` reaches 93 % test accuracy
+    in 10 epochs, against 84 % for the same lr without branches (the step P (C + damp I)^-1 P^T g
+    is up to 1/damp larger, in a random rank-D subspace) and 95 % for tuned plain descent
+    (lr 0.5), in benchmarks/mechanisms.py; with damp 0.1, lr 0.1 stalls (78 %) and lr 0.5
+    diverges (15 epochs, measured while choosing these settings).  **Without
+    branches the step is plain gradient descent** ``theta -= lr * g``.
+
     .. code-block:: text
 
         given the gradient g (n) and branches B (K x D: K samples of a D-dim model state):
@@ -115,7 +133,7 @@ class HCNaturalGrad(Optimizer):
     but its rank is at most D and it is scaled by up to ``1/fisher_damp`` along low-variance state
     directions: upstream's defaults (damping 1e-3) can raise the loss; damping ~0.1 descends.
 
-    **Functional form** (the seed's interface, float64 on the host, bit for bit upstream's numbers
+    **Functional form** (upstream's interface, float64 on the host, bit for bit upstream's numbers
     and random stream)::
 
         opt = HCNaturalGrad(lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None, seed=12345)
@@ -208,6 +226,7 @@ class HCNaturalGrad(Optimizer):
 
     @property
     def state_buffers(self):
+        """``("key",)`` with the hash projection, else the D stored projection columns ``proj0..``."""
         if getattr(self, "projection", "numpy") == "hash":
             return ("key",)
         return tuple(f"proj{j}" for j in range(getattr(self, "_n_proj", 0)))
@@ -241,36 +260,48 @@ class HCNaturalGrad(Optimizer):
 
     # ------------------------------------------------------------------ ordinary interface
     def step(self, closure=None, gradients=None, branches=None):
-        """One step; ``branches`` (K x D) defaults to the constructor's; returns the closure's loss."""
+        """One step; returns the closure's loss (None without a closure).
+
+        ``gradients`` takes the forms of ``Optimizer.step``; ``branches`` (K x D, see the class
+        docstring) defaults to the constructor's; with neither, the step is plain gradient descent.
+        """
         if self._functional:
             raise TypeError("this HCNaturalGrad was built without parameters: use step_params(model, params, "
                             "context), or construct it as HCNaturalGrad(params, ...)")
-        B = check_branches(branches) if branches is not None and self.comm is None else self.branches
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            self._validate_group(group)
+        loss, given = None, {}
+        with self._until_agreed():
+            self._check_step_args(closure, gradients)
+            if self.comm is None:
+                given["B"] = check_branches(branches) if branches is not None else self.branches
+            loss = closure() if closure is not None else None
+            for group in self.param_groups:
+                self._validate_group(group)
+            self._sync_params()
         if self.comm is not None:   # checked among the ranks' inputs, and equal on every rank
-            given = {}
             grads = self._collect_gradients(gradients, check=lambda: given.setdefault(
                 "B", check_branches(branches) if branches is not None else self.branches),
                 same=lambda: b"" if given["B"] is None else given["B"].tobytes())
-            B = given["B"]
         else:
             grads = self._collect_gradients(gradients)
+        B = given["B"]
         if grads:
-            self._step(grads, B)
+            rng = self._rng.bit_generator.state
+            with _interrupts_deferred():
+                try:
+                    self._step(grads, B)
+                except BaseException:
+                    self._rng.bit_generator.state = rng      # a refused step draws nothing
+                    raise
         return loss
 
     def _step(self, grads, B=None):
-        for i in grads:
-            st = self.state.setdefault(i, {"step": 0})
-            st["step"] += 1
         if B is None:
             table = self._descent.tables[0]
             for i in grads:
                 group = self.param_groups[self._group_of[i]]
                 table[i] = (-group["lr"], 0.0, 0.0, 0.0, 1.0) + _clip_fields(group, True)
-            self._backend.run(self._descent, grads)
+            self._run(self._descent, grads, upload_params=True)
+            self._count_steps(grads)
             return
         C = cov_empirical(B)
         D = C.shape[0]
@@ -296,9 +327,8 @@ class HCNaturalGrad(Optimizer):
                     a = _data(p)
                     self._backend.write("key", i, element_keys(a.size).reshape(a.shape))
                 self._keys_ready = True
-            self._hash_step += 1
             scale = 1.0 / math.sqrt(D)
-            streams = {(i, j0): hash_stream(self._seed_word, self._hash_step, i, j0 // 32)
+            streams = {(i, j0): hash_stream(self._seed_word, self._hash_step + 1, i, j0 // 32)
                        for i in active for j0, _ in blocks}
         for d, (j0, n) in enumerate(blocks):
             table = project.tables[d]
@@ -315,6 +345,9 @@ class HCNaturalGrad(Optimizer):
             damp = float(group["fisher_damp"])
             v = cg_solve(lambda z, C=C, damp=damp: C @ z + damp * z, g_state, iters=int(group["cg_iters"]), tol=CG_TOL)
             coef[gi] = -float(group["lr"]) * v * scale
+            if not np.isfinite(coef[gi]).all():
+                raise FloatingPointError(f"HCNaturalGrad: the preconditioned step of group {gi} is not finite "
+                                         "(try a larger fisher_damp); step refused")
         for d, (j0, n) in enumerate(blocks):
             table = expand.tables[d]
             last = d == len(blocks) - 1
@@ -323,7 +356,15 @@ class HCNaturalGrad(Optimizer):
                 c = list(coef[self._group_of[i]][j0:j0 + n]) + [0.0] * (WIDTH - n)
                 clip = _clip_fields(group, last)
                 table[i] = tuple(c) + (n,) + clip if streams is None else (streams[i, j0], j0 % 32, n) + tuple(c) + clip
-        self._backend.run(expand, None, download=True)
+        self._run(expand, None, download=True, upload_params=True)
+        self._count_steps(grads)
+        if streams is not None:
+            self._hash_step += 1
+
+    def _count_steps(self, grads):
+        for i in grads:
+            st = self.state.setdefault(i, {"step": 0})
+            st["step"] += 1
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
@@ -393,9 +434,11 @@ class HCNaturalGrad(Optimizer):
 
     @property
     def backend(self) -> str:
+        """Which backend runs the steps (the functional form is always float64 NumPy on the host)."""
         return "numpy (functional, float64)" if self._functional else super().backend
 
     def close(self) -> None:
+        """Release device memory now (nothing to release for the functional form)."""
         if not self._functional:
             super().close()
 

@@ -14,12 +14,20 @@ device resources): the error says to use those two.
 
 Subclasses declare ``state_buffers`` (per-element state, zero-initialised) and implement
 ``_step(grads)`` with ``grads`` a dict ``{index: float array}`` of checked gradients.
+
+The caller's arrays are the truth.  Every step starts from the parameter arrays as they are then:
+edits in place, ``p.data = new_array`` and a replaced entry of ``param_groups[g]['params']`` (same
+shape and dtype: the state is kept) are all seen, on every backend (the Vulkan path uploads the
+parameters with each step).  A step is all or nothing: everything is checked first, step
+counters move only with the update, and Ctrl-C during the update is raised once it is complete.
 """
 from __future__ import annotations
 
 import copy
 import math
 import numbers
+import signal
+import threading
 
 import numpy as np
 
@@ -30,6 +38,11 @@ from .state_checks import check_entry, check_keys, plain_copy
 _NO_COPY = ("{} objects cannot be {}: an optimizer is bound to the caller's parameter arrays and to device "
             "resources.  Save a checkpoint with hyperopt.save(optimizer, path) and restore it into a new optimizer "
             "over the same parameters with hyperopt.load(optimizer, path) (or use state_dict()/load_state_dict()).")
+
+try:
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds
+except ImportError:       # NumPy < 2
+    _byte_bounds = np.byte_bounds
 
 
 def _data(p) -> np.ndarray:
@@ -50,6 +63,8 @@ class Optimizer:
     _host_reads_gradients: bool = True
     #: group keys that are bookkeeping, not hyperparameters (left out of ``repr``)
     _internal_group_keys: tuple[str, ...] = ()
+    #: with ``comm``: an error of this step's checks, raised on every rank by the agreement
+    _held_error: Exception | None = None
 
     def __init__(self, params, defaults: dict, *, use_gpu="auto", device=None, comm=None):
         self.defaults = dict(defaults)
@@ -77,12 +92,36 @@ class Optimizer:
         return self._backend.name
 
     def params(self) -> list:
+        """Every parameter, in group order: position ``i`` here is the index used by ``state_dict()``."""
         return [p for g in self.param_groups for p in g["params"]]
 
     def add_param_group(self, group: dict) -> None:
+        """Add a group ``{"params": [...], <hyperparameter overrides>}``; missing keys take the defaults."""
+        self._check_open()
+
+        def check():
+            self._sync_params()      # arrays rebound since the last step keep their state
+            self._check_new_group(group)
+        self._agreed(check)          # with comm, an error on any rank is raised on every rank
         self._add_group(group, rebind=True)
 
+    def _check_new_group(self, group) -> None:
+        """Raise what ``_add_group`` would raise for ``group``, changing nothing."""
+        self._checked_group(group)
+
     def _add_group(self, group, rebind):
+        group = self._checked_group(group)
+        self.param_groups.append(group)
+        if rebind:
+            try:
+                self._rebind()
+            except Exception:   # e.g. a float64 array on the Vulkan backend: the optimizer stays as it was
+                self.param_groups.pop()
+                self._rebind()
+                raise
+
+    def _checked_group(self, group) -> dict:
+        """``group`` checked and completed with the defaults (a new dict); changes nothing."""
         if not isinstance(group, dict):
             raise TypeError(f"param group must be a dict, got {type(group).__name__}")
         group = dict(group)
@@ -95,28 +134,81 @@ class Optimizer:
         seen = {id(p) for p in self.params()}
         for p in ps:
             a = _data(p)
-            if a.dtype.kind != "f":
-                raise TypeError(f"can only optimize floating-point arrays, got dtype {a.dtype}")
+            _check_param_array(a, "parameter")
             if id(p) in seen:
                 raise ValueError("some parameters appear in more than one parameter group")
             seen.add(id(p))
+        _check_no_aliasing([_data(p) for p in self.params()], [_data(p) for p in ps])
         group["params"] = ps
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._validate_group(group)
-        self.param_groups.append(group)
-        if rebind:
-            try:
-                self._rebind()
-            except Exception:   # e.g. a float64 array on the Vulkan backend: the optimizer stays as it was
-                self.param_groups.pop()
-                self._rebind()
-                raise
+        return group
 
     def _rebind(self):
-        self._backend.bind([_data(p) for p in self.params()], self.state_buffers)
-        self._index = {id(p): i for i, p in enumerate(self.params())}
+        if getattr(self, "_arrays", None) is not None:
+            self._sync_params(prefix=True)   # the backend carries state over by array identity
+        params = self.params()
+        arrays = [_data(p) for p in params]
+        self._backend.bind(arrays, self.state_buffers)
+        self._track(params, arrays)
         self._group_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+
+    # ------------------------------------------------------------------ the caller's arrays
+    def _track(self, params, arrays):
+        """Remember which objects and arrays the backend holds (``_sync_params`` compares)."""
+        self._param_objs = list(params)
+        self._arrays = list(arrays)
+        self._shapes = [a.shape for a in arrays]
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self._roots = {id(_root(a)) for a in arrays}
+
+    def _sync_params(self, prefix=False):
+        """Adopt the arrays the caller holds now: ``p.data = new_array`` or a replaced entry of
+        ``param_groups[g]['params']``.  A new array of the same shape and dtype takes the place of
+        the old one (the state is kept); anything else is refused before anything changes.
+        (``prefix``: only the parameters the backend already holds, during a layout change.)"""
+        objs, arrays, shapes = self._param_objs, self._arrays, self._shapes
+        params = [p for g in self.param_groups for p in g["params"]]
+        n = min(len(objs), len(params)) if prefix else len(objs)
+        if len(params) != n and not prefix:
+            raise ValueError(f"the optimizer holds {n} parameters but param_groups now list {len(params)}: "
+                             "add parameters with add_param_group(), never by editing a group's list")
+        changed = []
+        for i in range(n):
+            p = params[i]
+            a = p if type(p) is np.ndarray else _data(p)
+            if a is not arrays[i] or p is not objs[i]:
+                changed.append((i, p, a))
+            elif a.shape != shapes[i]:
+                raise ValueError(f"parameter {i} was reshaped in place from {shapes[i]} to {a.shape}; "
+                                 "the optimizer's state has the old shape")
+            elif not a.flags.writeable:
+                raise ValueError(f"parameter {i} (shape {a.shape}) is read-only: the optimizer updates it in place")
+        if not changed:
+            return
+        backend_check = getattr(self._backend, "check_param", None)   # a backend's own limits
+        for i, p, a in changed:
+            old = arrays[i]
+            _check_param_array(a, f"parameter {i}")
+            if a.shape != old.shape or a.dtype != old.dtype:
+                raise ValueError(f"parameter {i} was rebound to an array of shape {a.shape} and dtype {a.dtype}, "
+                                 f"but the optimizer holds state for shape {old.shape} and dtype {old.dtype}: "
+                                 "rebind to an array of the same shape and dtype, or build a new optimizer")
+            if backend_check is not None:
+                backend_check(i, a)
+        new_arrays = list(arrays)
+        for i, _, a in changed:
+            new_arrays[i] = a
+        _check_no_aliasing([], new_arrays)
+        for i, p, a in changed:
+            if a is not arrays[i]:
+                self._backend.set_param(i, a)
+                self._param_rebound(i, a)
+        self._track(params, new_arrays + [_data(p) for p in params[n:]])
+
+    def _param_rebound(self, i, array) -> None:
+        """Parameter i now lives in ``array`` (override to re-key anything kept by array identity)."""
 
     def _validate_group(self, group: dict) -> None:
         """Raise ValueError for an out-of-range hyperparameter (override per optimizer)."""
@@ -139,6 +231,10 @@ class Optimizer:
 
     # ------------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear ``.grad`` on parameter objects: set it to None, or to zeros with ``set_to_none=False``.
+
+        Plain arrays carry no gradient (gradients are passed to ``step``), so for them this does nothing.
+        """
         for p in self.params():
             if not isinstance(p, np.ndarray) and getattr(p, "grad", None) is not None:
                 if set_to_none:
@@ -147,12 +243,74 @@ class Optimizer:
                     p.grad[...] = 0
 
     def step(self, closure=None, gradients=None):
-        """One optimization step; returns the closure's loss (None without a closure)."""
-        loss = closure() if closure is not None else None
-        self._revalidate()
+        """One optimization step; returns the closure's loss (None without a closure).
+
+        ``closure``: an optional callable that recomputes and returns the loss (called first).
+        ``gradients``, in any of these forms (one array per parameter, its shape; cast to its dtype):
+
+        * a dict ``{id(param): grad}`` (parameters absent from it, or with None, get no step,
+          unless they are objects with a ``.grad``, which then fills in);
+        * a list or tuple aligned with ``params()`` (None entries: no step for that parameter);
+        * None: the ``.grad`` attribute of parameter objects (objects with ``.data`` and ``.grad``).
+
+        A parameter without a gradient is skipped entirely.  NumPy-array parameters carry no
+        ``.grad``, so for them ``gradients=`` is required (``step()`` without it raises).
+
+        All or nothing: the gradients (known parameter, shape, numeric dtype, finite, squares
+        finite), the parameter arrays and the hyperparameters are checked before anything
+        changes; a bad one raises KeyError, ValueError or TypeError naming the parameter, leaving
+        parameters and state as they were.  An interrupt (Ctrl-C) arriving during the update is
+        held until parameters, state and step counters are all at the next step.  Some optimizers
+        add keyword arguments (HCNaturalGrad ``branches=``, HL ``h_grad=``) or return more
+        (HIOptimizer: its status tuple); see their ``step``.
+        """
+        loss = None
+        with self._until_agreed():
+            self._check_step_args(closure, gradients)
+            loss = closure() if closure is not None else None
+            self._revalidate()
+            self._sync_params()
         grads = self._collect_gradients(gradients)
-        self._step(grads)
+        with _interrupts_deferred():
+            self._step(grads)
         return loss
+
+    def _until_agreed(self):
+        """Context for a step's checks before its gradients are collected.  Without ``comm`` an
+        error propagates.  With ``comm`` it is held (the rest of the block is skipped) and raised
+        on every rank by the agreement in ``_collect_gradients``: a rank that failed alone would
+        leave the others waiting in a collective."""
+        return _HeldUntilAgreed(self)
+
+    def _check_step_args(self, closure, gradients, other_sources=False):
+        """The closure slot takes a callable; array parameters need ``gradients=``."""
+        self._check_open()
+        if closure is not None and not callable(closure):
+            raise TypeError(f"step() got a {type(closure).__name__} where the closure goes: pass gradients "
+                            "as step(gradients=[...]) (a list aligned with the parameters, or a dict "
+                            "{id(param): grad})")
+        if gradients is None and not other_sources and all(type(p) is np.ndarray for p in self._param_objs):
+            raise ValueError("step() has no gradients: the parameters are NumPy arrays, which carry no .grad; "
+                             "pass them as step(gradients=[...]) (a list aligned with the parameters, or a "
+                             "dict {id(param): grad})")
+
+    def _check_open(self):
+        if getattr(self, "_closed", False):
+            raise RuntimeError(f"this {type(self).__name__} was closed (close() released its buffers); "
+                               "build a new optimizer")
+
+    def _check_tables(self, program):
+        """Refuse the step when a host-side scalar is not finite (e.g. a hyperparameter beyond
+        float32's range), before anything changes."""
+        for table in program.tables:
+            if table.size and not np.isfinite(table).all():
+                raise FloatingPointError(f"{type(self).__name__}: this step's scalars are not finite "
+                                         "(a hyperparameter beyond the float32 range?); step refused")
+
+    def _run(self, program, grads, **kwargs):
+        """``backend.run`` after ``_check_tables``."""
+        self._check_tables(program)
+        return self._backend.run(program, grads, **kwargs)
 
     def _step(self, grads: dict[int, np.ndarray]) -> None:
         raise NotImplementedError
@@ -164,7 +322,14 @@ class Optimizer:
         every rank.  With ``comm`` all of it runs on every rank and the ranks agree on the outcome
         before the gradients are averaged over them."""
         if self.comm is not None:
-            return self._backend.collect(self._collect_local_gradients, gradients, check, same,
+            held, self._held_error = self._held_error, None
+
+            def checks():
+                if held is not None:       # an error of this step's earlier checks (``_until_agreed``)
+                    raise held
+                if check is not None:
+                    check()
+            return self._backend.collect(self._collect_local_gradients, gradients, checks, same,
                                          full=self._host_reads_gradients)
         if check is not None:
             check()
@@ -197,24 +362,27 @@ class Optimizer:
             raise TypeError("gradients must be a dict {id(param): grad}, a list aligned with the parameters, or None")
 
         grads = {}
+        arrays, roots = self._arrays, self._roots
         for i, g in raw.items():
-            p = _data(params[i])
-            if not isinstance(g, np.ndarray):
-                g = np.asarray(getattr(g, "data", g))
+            p = arrays[i]
+            if type(g) is not np.ndarray:   # masked arrays too: their hidden values count
+                g = np.asarray(g) if isinstance(g, np.ndarray) else np.asarray(getattr(g, "data", g))
             if g.dtype.kind not in "fiu":
                 raise TypeError(f"gradient of parameter {i} has dtype {g.dtype}, which cannot be cast to {p.dtype}")
             if g.shape != p.shape:
                 raise ValueError(f"gradient of parameter {i} has shape {g.shape}, expected {p.shape}")
             if g.dtype != p.dtype:
                 g = g.astype(p.dtype)
-            if not _all_finite(g):
-                raise ValueError(f"gradient of parameter {i} (shape {p.shape}) contains NaN or infinity")
+            elif id(_root(g)) in roots and _shares_any(g, arrays):
+                g = g.copy()                 # the update writes the parameters while it reads g
             grads[i] = g
+        _check_magnitudes(grads, arrays)
         return grads
 
     # ------------------------------------------------------------------ state
     def state_of(self, p) -> dict:
         """Everything the optimizer keeps for parameter ``p`` (copies on the Vulkan path)."""
+        self._check_open()
         i = self._index[id(p)] if not isinstance(p, int) else p
         out = copy.deepcopy(self.state.get(i, {}))
         if i in self.state:
@@ -246,6 +414,7 @@ class Optimizer:
         """A portable snapshot: parameters by index, arrays as NumPy copies, the optimizer's class
         name under ``"optimizer"``.  Plain data only (dicts, lists, numbers, strings, arrays):
         ``hyperopt.save`` writes it without pickle."""
+        self._check_open()
         groups, start = [], 0
         for g in self.param_groups:
             entry = {k: v for k, v in g.items() if k != "params"}
@@ -260,13 +429,15 @@ class Optimizer:
         """Restore a ``state_dict()`` of this optimizer class.  Every entry is checked first (class,
         groups, types, ranges, finiteness, shapes); a dict that fails anywhere raises and leaves the
         optimizer exactly as it was."""
+        self._check_open()
         checked = self._agreed(lambda: self._check_state_dict(plain_copy(state_dict)))   # a copy: never alias
         backup = self.state_dict()
-        try:
-            self._load_state(checked)
-        except BaseException:
-            self._load_state(self._check_state_dict(backup))
-            raise
+        with _interrupts_deferred():             # Ctrl-C waits until the load (or its rollback) is done
+            try:
+                self._load_state(checked)
+            except BaseException:
+                self._load_state(self._check_state_dict(backup))
+                raise
 
     def _agreed(self, fn):
         """``fn()``; with ``comm``, every rank raises if it raised on any rank (before a collective)."""
@@ -365,16 +536,16 @@ class Optimizer:
         raise TypeError(_NO_COPY.format(type(self).__name__, "copied"))
 
     def reload_params(self) -> None:
-        """Tell the optimizer that parameter arrays were changed in place outside ``step()``.
-
-        The Vulkan path keeps the parameters on the device between steps and copies them back after
-        each step; edits made to the arrays in between are only seen after this call.  (NumPy
-        updates the arrays themselves, so there it does nothing.)
-        """
+        """No longer needed: every step starts from the parameter arrays as they are (in-place
+        edits, ``p.data`` rebinding and restores are all seen, on every backend).  Kept so that
+        older code runs; it copies the arrays to the device once more, which changes nothing."""
+        self._check_open()
         self._backend.reload_params()
 
     def close(self) -> None:
-        """Release device memory now (it is also released when the optimizer is garbage collected)."""
+        """Release device memory now (it is also released when the optimizer is garbage collected).
+        Any later use of the optimizer raises RuntimeError; closing twice is harmless."""
+        self._closed = True
         self._backend.close()
 
     def __repr__(self):
@@ -387,16 +558,152 @@ class Optimizer:
         return "\n".join(lines)
 
 
+_SQUARE_LIMITS: dict = {}
+
+
+def _square_limit(dtype) -> float:
+    """The largest magnitude whose square is finite in ``dtype``."""
+    limit = _SQUARE_LIMITS.get(dtype)
+    if limit is None:
+        limit = _SQUARE_LIMITS[dtype] = math.sqrt(float(np.finfo(dtype).max)) if dtype.kind == "f" else math.inf
+    return limit
+
+
+def _check_magnitudes(grads, arrays):
+    """Every gradient finite, with finite squares.  Small gradients are checked together (one
+    concatenation instead of a call per tensor); the one at fault is looked for only on failure."""
+    small: dict = {}
+    for i, g in grads.items():
+        if g.size <= 4096:
+            small.setdefault(g.dtype, []).append(i)
+        elif not _all_finite(g):
+            _refuse_gradient(i, g, arrays)
+    for dtype, idx in small.items():
+        if len(idx) > 1:
+            joined = np.concatenate([grads[i].reshape(-1) for i in idx])
+            if _all_finite(joined):
+                continue
+        for i in idx:
+            if not _all_finite(grads[i]):
+                _refuse_gradient(i, grads[i], arrays)
+
+
+def _refuse_gradient(i, g, arrays):
+    shape = arrays[i].shape
+    if not np.isfinite(g).all():
+        raise ValueError(f"gradient of parameter {i} (shape {shape}) contains NaN or infinity")
+    raise ValueError(f"gradient of parameter {i} (shape {shape}) has an element beyond {_square_limit(g.dtype):.3g}, "
+                     f"whose square overflows {g.dtype}; step refused")
+
+
 def _all_finite(a: np.ndarray) -> bool:
-    if a.size <= 1 << 16:              # small: the plain check is cheaper than the errstate below
-        return bool(np.isfinite(a).all())
-    # Large: one fast pass.  A NaN or infinity always makes the sum of squares non-finite (squares
-    # cannot cancel); a non-finite sum of finite values (overflow past ~1.8e19) is rare, so only
-    # then is the exact check paid for.
+    """Every element finite and with a finite square in its own dtype (|a| <= sqrt(max)): an
+    element beyond that (1.8e19 in float32) would overflow the optimizers' second moments."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return True
+    if a.size <= 1 << 16:              # small: the exact check is cheaper than the errstate below
+        return bool(np.abs(a).max() <= _square_limit(a.dtype))    # NaN compares False
+    # Large: one fast pass.  A NaN or infinity, or an element whose square overflows, always makes
+    # the sum of squares non-finite (squares cannot cancel).  A non-finite sum of acceptable
+    # values is rare (many elements near the limit), so only then is the exact check paid for.
     flat = a.reshape(-1) if a.flags.c_contiguous else a.ravel()
     with np.errstate(over="ignore", invalid="ignore"):
-        s = float(np.dot(flat, flat))
-    return math.isfinite(s) or bool(np.isfinite(a).all())
+        if math.isfinite(float(np.dot(flat, flat))):
+            return True
+    return bool(np.abs(a).max() <= _square_limit(a.dtype))
+
+
+def _root(a):
+    """The object at the end of an array's ``.base`` chain (arrays sharing memory share it)."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def _shares_any(g, arrays) -> bool:
+    root = id(_root(g))
+    return any(id(_root(a)) == root and np.may_share_memory(g, a) for a in arrays)
+
+
+def _check_param_array(a, what):
+    if a.dtype.kind != "f":
+        raise TypeError(f"can only optimize floating-point arrays, got dtype {a.dtype}")
+    if not a.flags.writeable:
+        raise ValueError(f"{what} (shape {a.shape}) is read-only: the optimizer updates parameters in place")
+
+
+def _check_no_aliasing(old, new):
+    """Refuse two parameters that share memory (W and W.T, overlapping views): each update would
+    overwrite the other's, and the backends would disagree."""
+    arrays = list(old) + list(new)
+    if len(arrays) < 2:
+        return
+    spans = sorted((*_byte_bounds(a), k) for k, a in enumerate(arrays) if a.size)
+    for pos, (lo, hi, k) in enumerate(spans):
+        for lo2, _, k2 in spans[pos + 1:]:
+            if lo2 >= hi:
+                break
+            if k < len(old) and k2 < len(old):
+                continue                     # checked when they were added
+            try:
+                shared = np.shares_memory(arrays[k], arrays[k2], max_work=10**6)
+            except np.exceptions.TooHardError:
+                shared = True
+            if shared:
+                a, b = sorted((k, k2))
+                raise ValueError(f"parameters {a} and {b} (shapes {arrays[a].shape} and {arrays[b].shape}) share "
+                                 "memory: tied or overlapping parameters cannot be optimized as two; pass the "
+                                 "shared array once")
+
+
+class _HeldUntilAgreed:
+    """See ``Optimizer._until_agreed``."""
+
+    def __init__(self, optimizer):
+        self._optimizer = optimizer
+
+    def __enter__(self):
+        self._optimizer._held_error = None
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or self._optimizer.comm is None or not isinstance(exc, Exception):
+            return False
+        self._optimizer._held_error = exc
+        return True
+
+
+class _interrupts_deferred:
+    """Hold SIGINT (Ctrl-C) for the duration of a step's update and raise it afterwards, so that a
+    KeyboardInterrupt never leaves parameters, state and counters at different steps.  Only the
+    main thread receives signals; elsewhere (and when nested) this does nothing."""
+
+    _active = False
+
+    def __enter__(self):
+        self._previous = None
+        if _interrupts_deferred._active or threading.current_thread() is not threading.main_thread():
+            return self
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:                 # a handler installed outside Python: leave it alone
+            return self
+        self._pending = []
+        signal.signal(signal.SIGINT, lambda signum, frame: self._pending.append(frame))
+        self._previous = previous
+        _interrupts_deferred._active = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is None:
+            return False
+        _interrupts_deferred._active = False
+        signal.signal(signal.SIGINT, self._previous)
+        if self._pending:
+            if callable(self._previous):
+                self._previous(signal.SIGINT, self._pending[0])   # default: raises KeyboardInterrupt
+            elif self._previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+        return False
 
 
 def check_range(name: str, value, low=None, high=None, *, low_open=False, high_open=False, label=None):

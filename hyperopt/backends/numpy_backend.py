@@ -8,6 +8,8 @@ The interface (shared with the Vulkan backend):
   program(dispatches)          compile a list of (kernel, buffer names) into a Program; its
                                ``tables[j]`` is dispatch j's per-segment scalar table, float32
                                (n_segments, n_scalars), filled by the host before each run
+  set_param(i, array)          the caller rebound parameter i to another array of the same shape
+                               and dtype; its state is kept
   run(program, grads, download, upload_params)
                                one submit: upload ``grads`` ({index: array}; None keeps the last
                                ones and the active set) and, with ``upload_params``, the caller's
@@ -94,6 +96,10 @@ class NumpyBackend:
         """Live view of one parameter's state (the NumPy backend has nothing to copy)."""
         return self._state[name][i]
 
+    def set_param(self, i, array):
+        """The caller rebound parameter i to ``array`` (same shape and dtype); its state is kept."""
+        self._params[i] = array
+
     def reload_params(self):
         pass   # the twins update the user's arrays directly
 
@@ -133,6 +139,8 @@ class NumpyBackend:
         items = []
         for i in sorted(self._grads):
             arrays = [self._arrays(n, i) for n in names]
+            if arrays[0].ndim == 0:          # 0-d parameters: 1-element views (the twins write via out=)
+                arrays = [a.reshape(1) for a in arrays]
             extra = {"ctl": self._ctl, "segment": i} if kernel.ctl else {}
             call = (arrays, dict(zip(kernel.scalars, table[i]), **extra))
             n = arrays[0].size
