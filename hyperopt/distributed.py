@@ -11,10 +11,12 @@ An optimizer built with ``comm=`` (an mpi4py communicator) runs on every rank of
    gradient values (AutoSGM, HCNaturalGrad) get the averaged shards gathered into the full averaged
    gradient, as in one process; the others (``_host_reads_gradients = False``: AdamW and the
    hypergradient classes, HIOptimizer, HL) keep just their shard, one exchange fewer per step.
-3. Each rank keeps per-element optimizer state only for its shard and runs the kernels (NumPy
-   twins) there.  Every per-segment sum is rebuilt from per-block partials gathered from all ranks
-   (``Allgatherv`` of float64) and added in global block order starting from 0.0, exactly the NumPy
-   backend's definition, so every global quantity has the bits of the single-process optimizer.
+3. Each rank keeps per-element optimizer state only for its shard and runs the kernels there: the
+   fused bodies compiled by numba where one process would use them (``HYPEROPT_CPU_KERNELS``, numba
+   importable), called once per block, else the NumPy twins.  Every per-segment sum is rebuilt from
+   per-block partials gathered from all ranks (``Allgatherv`` of float64) and added in global block
+   order starting from 0.0, exactly the CPU backends' definition, so every global quantity has the
+   bits of the single-process optimizer.
 4. The updated parameter pieces are gathered, so after ``step()`` every rank's arrays are equal.
 
 The flat layout: each parameter is a segment cut into blocks of ``CHUNK`` elements from its start;
@@ -33,6 +35,7 @@ import logging
 import numpy as np
 
 from . import backends as _backends
+from .backends import numpy_backend as _numpy_backend
 from .backends.numpy_backend import CHUNK, _parallel
 from .kernels.core import CONTROL, dispatch
 
@@ -65,7 +68,7 @@ def rank_mean(pieces):
 
 
 def distributed_backend(comm, use_gpu, device):
-    """The backend of an optimizer built with ``comm``: the NumPy twins on this rank's shard.
+    """The backend of an optimizer built with ``comm``: the CPU kernels on this rank's shard.
 
     ``use_gpu="auto"`` or ``False`` (and no device but ``"cpu"``) takes it directly; an explicit GPU
     request raises NotImplementedError when a Vulkan device would serve it (a device's per-segment
@@ -84,10 +87,21 @@ def distributed_backend(comm, use_gpu, device):
     elif use_gpu == "auto" and not _noticed:
         _noticed.append(True)
         logging.getLogger("hyperopt").info("comm= given: the distributed optimizer runs on the CPU path")
-    return DistributedBackend(comm)
+    return DistributedBackend(comm, _cpu_kernels())
 
 
 _noticed: list = []
+
+
+def _cpu_kernels() -> str:
+    """``"numba"`` where the CPU path of one process would run the fused kernels, else ``"numpy"``
+    (the same choice: ``HYPEROPT_CPU_KERNELS``, then whether numba imports)."""
+    cpu_backend = getattr(_backends, "cpu_backend", None)
+    if cpu_backend is None:
+        return "numpy"
+    probe = cpu_backend()
+    probe.close()
+    return "numba" if probe.name == "numba" else "numpy"
 
 
 class Layout:
@@ -126,12 +140,14 @@ class DistributedBackend:
     """The backend interface over a shard: state buffers hold this rank's slices only, tables and
     sums are indexed by global segment, ``run`` gathers sums and parameters across the ranks."""
 
-    def __init__(self, comm):
+    def __init__(self, comm, kernels: str = "numpy"):
         from mpi4py import MPI        # imported here: single-process use never needs mpi4py
         self._MPI = MPI
         self.comm = comm
         self.rank, self.ranks = comm.Get_rank(), comm.Get_size()
-        self.name = "numpy"           # the kernels that run: the NumPy twins, on this rank's shard
+        if kernels not in ("numpy", "numba"):
+            raise ValueError(f"kernels must be 'numpy' or 'numba', got {kernels!r}")
+        self.name = kernels           # the kernels that run on this rank's shard: NumPy twins or fused
         self.buffers: tuple[str, ...] = ()
         self._params: list[np.ndarray] = []
         self._state: dict[str, list[np.ndarray]] = {}
@@ -322,7 +338,7 @@ class DistributedBackend:
 
     # -------------------------------------------------------------- running
     def program(self, dispatches):
-        return Program(dispatches, len(self._params))
+        return Program(dispatches, len(self._params), _table_dtype(self._params))
 
     def run(self, program, grads=None, download=True, upload_params=False):
         # upload_params needs nothing here: the kernels read and write views of the caller's arrays
@@ -338,27 +354,30 @@ class DistributedBackend:
         counts = getattr(_backends, "launch_counts", None)
         touches_params = False
         for (kernel, names), table in zip(program.dispatches, program.tables):
-            if counts is not None:
-                counts["numpy"] += 1
+            fused = self.name == "numba" and kernel.kind != CONTROL and kernel.fused is not None
+            if counts is not None and (fused or self.name == "numpy" or kernel.kind != CONTROL):
+                counts["numba" if fused else "numpy"] += 1     # as the single-process backend counts
             if kernel.kind == CONTROL:
                 kernel.numpy(self._ctl, last, table)
                 continue
             touches_params |= "param" in names
-            last = self._run_elementwise(kernel, names, table)
+            last = self._run_elementwise(kernel, names, table, fused)
             if kernel.sums:
                 results.append(last)
         if touches_params:     # gathered after every run that moves parameters, so host code may read them
             self._gather_params()
         return results
 
-    def _run_elementwise(self, kernel, names, table):
+    def _run_elementwise(self, kernel, names, table, fused=False):
         layout, items = self.layout, []
         for i in self._active:
             if i not in self._mine:
                 continue
             a, b = self._mine[i]
             extra = {"ctl": self._ctl, "segment": i} if kernel.ctl else {}
-            kw = dict(zip(kernel.scalars, table[i]), **extra)
+            dt = self._params[i].dtype
+            row = table[i] if dt == table.dtype else table[i].astype(dt)   # as the NumPy backend
+            kw = dict(zip(kernel.scalars, row), **extra)
             arrays = [self._piece(n, i) for n in names]
             shape = self._params[i].shape
             if a == 0 and b == self._params[i].size and b <= CHUNK:    # one block: the caller's shape
@@ -366,7 +385,10 @@ class DistributedBackend:
                 items.append((i, ([x.reshape(shape) for x in arrays], kw), None))
             else:
                 items += [(i, (arrays, kw), slice(s, min(s + CHUNK, b - a))) for s in range(0, b - a, CHUNK)]
-        parts = _parallel(kernel.numpy, items) if items else []
+        if fused:
+            parts = self._run_fused_blocks(kernel, names, table, items)
+        else:
+            parts = _parallel(kernel.numpy, items) if items else []
         sums = np.zeros((len(self._params), len(kernel.sums)), np.float64)
         if not kernel.sums:
             return sums
@@ -387,6 +409,20 @@ class DistributedBackend:
             if active[i]:
                 sums[i] += partials[kk]
         return sums
+
+    def _run_fused_blocks(self, kernel, names, table, items):
+        """The kernel's fused body (numba), one serial driver call per block of this rank's shard:
+        each call's sums start from 0.0, so they are that block's partial, the twins' bits."""
+        from .backends.numba_backend import _driver
+        drive = _driver(kernel, False)
+        out = np.zeros((len(self._params), len(kernel.sums)), np.float64)
+        parts = []
+        for i, _, sl in items:
+            flat = [self._piece(n, i).reshape(-1) for n in names]
+            views = tuple(f[sl] for f in flat) if sl is not None else tuple(flat)
+            drive(views[0].size, views, table, i, self._ctl, out)
+            parts.append(out[i].copy())
+        return parts
 
     def _gather_params(self):
         pieces = [[(i, a, b) for i, a, b in pc if i in self._grads] for pc in self.layout.pieces]
@@ -444,6 +480,12 @@ def _concat_bytes(arrays):
 class Program:
     """A list of (kernel, buffer names) dispatches with one scalar table (per global segment) each."""
 
-    def __init__(self, dispatches, n_segments):
+    def __init__(self, dispatches, n_segments, dtype=np.float32):
         self.dispatches = [dispatch(k, names) for k, names in dispatches]
-        self.tables = [np.zeros((n_segments, len(k.scalars)), np.float32) for k, _ in self.dispatches]
+        self.tables = [np.zeros((n_segments, len(k.scalars)), dtype) for k, _ in self.dispatches]
+
+
+def _table_dtype(arrays):
+    """The scalar tables' dtype of the single-process CPU backend for these parameters."""
+    choose = getattr(_numpy_backend, "table_dtype", None)
+    return np.float32 if choose is None else choose(arrays)
