@@ -79,7 +79,7 @@ def test_same_bits_as_one_process(case, comm):
     mine, ref = _start(), _start()
     dist = make(mine, use_gpu=False, comm=comm)
     single = make(ref, use_gpu=False)
-    assert dist.backend == "numpy"
+    assert dist.backend == single.backend          # the kernels one process would run: fused or twins
     for t in range(STEPS):
         local, mean = _local_and_mean(t, comm)
         dist.step(gradients=local)
@@ -151,3 +151,29 @@ def test_sums_have_the_single_process_bits(comm):
     partials = [[float(np.dot(a.reshape(-1)[k:k + CHUNK].astype(np.float64), grads[i].reshape(-1)[k:k + CHUNK]))
                  for k in range(0, a.size, CHUNK)] for i, a in enumerate(arrays)]
     assert out[1][0, 0] != sum(partials[0][::-1]) or out[1][2, 0] != sum(partials[2][::-1])   # the order shows
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", ["adamw", "auto_hypergradient", "hysterograd_groups_clip", "autosgm_estimator",
+                                  "natural_grad_branches", "hl"])
+@pytest.mark.parametrize("kernels", [("numba", "numpy"), ("numpy", "numba")])
+def test_fused_shards_and_twins_give_the_same_bits(case, kernels, comm, monkeypatch):
+    """The distributed optimizer on one kind of CPU kernels equals one process on the other kind."""
+    pytest.importorskip("hyperopt.backends.numba_backend")
+    pytest.importorskip("numba")
+    mine, ref = _start(), _start()
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", kernels[0])
+    dist = CASES[case](mine, use_gpu=False, comm=comm)
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", kernels[1])
+    single = CASES[case](ref, use_gpu=False)
+    assert (dist.backend, single.backend) == kernels
+    from hyperopt.backends import launch_counts
+    before = launch_counts[kernels[0]]
+    for t in range(STEPS):
+        local, mean = _local_and_mean(t, comm)
+        dist.step(gradients=local)
+        single.step(gradients=mean)
+        for k, (a, b) in enumerate(zip(mine, ref)):
+            assert np.array_equal(a, b), f"parameter {k} after step {t + 1}"
+    assert launch_counts[kernels[0]] > before      # the distributed optimizer ran that implementation
+    assert_same_state(dist.state_dict(), single.state_dict())
