@@ -207,3 +207,19 @@ def test_a_step_refused_after_the_exchange_changes_nothing_anywhere(comm):
     opt.param_groups[0]["eps"] = 1e-8
     _unchanged(opt, ps, before)
     opt.step(gradients=local)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", ["adamw", "auto_hypergradient", "autosgm", "hl"])
+def test_float64_parameters(case, comm):
+    """float64 parameters: the scalar tables at the single-process CPU backend's precision."""
+    mine, ref = _start(dtype=np.float64), _start(dtype=np.float64)
+    dist = CASES[case](mine, use_gpu=False, comm=comm)
+    one = CASES[case](ref, use_gpu=False)
+    for k in range(3):
+        local, mean = _local_and_mean(k, comm)
+        dist.step(gradients=[g.astype(np.float64) for g in local])
+        one.step(gradients=[g.astype(np.float64) for g in mean])
+    for a, b in zip(mine, ref):
+        assert a.dtype == np.float64 and np.array_equal(a, b)
+    assert_same_state(dist.state_dict(), one.state_dict())
