@@ -119,8 +119,14 @@ class Layout:
         counts = self.block_stop - self.block_start
         starts = np.cumsum(counts) - counts
         total = int(counts.sum())
-        # rank r owns the blocks [first[r], first[r + 1]): those starting in its share of the elements
-        cuts = np.searchsorted(starts, np.arange(1, ranks) * (total / ranks), side="left")
+        # rank r owns the blocks [first[r], first[r + 1]): each cut at the block boundary nearest to
+        # an equal share of the elements (small segments are blocks of their own size)
+        bounds = np.append(starts, total)
+        targets = np.arange(1, ranks) * (total / ranks)
+        after = np.clip(np.searchsorted(bounds, targets, side="left"), 1, len(bounds) - 1)
+        nearer_before = targets - bounds[after - 1] <= bounds[after] - targets
+        cuts = np.where(nearer_before, after - 1, after)
+        cuts = np.maximum.accumulate(cuts) if len(counts) else np.zeros(ranks - 1, np.int64)
         self.first = np.concatenate([[0], cuts, [len(counts)]]).astype(np.int64)
         self.segment_first = np.searchsorted(self.block_segment, np.arange(len(arrays)), side="left")
         # pieces[r] = [(i, a, b)]: rank r's slice of segment i, in segment order
