@@ -151,16 +151,82 @@ def test_without_a_vulkan_loader_import_works_and_falls_back(tmp_path):
     assert float(words[-1]) < 0
 
 
-def test_gpu_request_without_hardware_gpu_warns(monkeypatch):
-    """device='gpu' never takes lavapipe: on a CPU-only machine it warns and runs NumPy."""
-    names = [vulkan._text(vk_props.deviceName) for _, vk_props in _devices()]
-    types = [vk_props.deviceType for _, vk_props in _devices()]
-    if any(t != vulkan.vk.VK_PHYSICAL_DEVICE_TYPE_CPU for t in types):
-        pytest.skip(f"this machine has a hardware GPU: {names}")
+def _cpu_only():
+    types = [props.deviceType for _, props in _devices()]
+    return all(t == vulkan.vk.VK_PHYSICAL_DEVICE_TYPE_CPU for t in types)
+
+
+def test_gpu_request_without_hardware_gpu_warns_once_at_the_callers_line(monkeypatch):
+    """use_gpu=True never takes a CPU driver: on a CPU-only machine it warns once, then runs the CPU path."""
+    if not _cpu_only():
+        pytest.skip("this machine has a hardware GPU")
+    import hyperopt.backends as backends
     monkeypatch.delenv("HYPEROPT_REQUIRE_VULKAN", raising=False)
-    with pytest.warns(RuntimeWarning, match="no Vulkan device matches device='gpu'"):
-        opt = AdamW([np.zeros(2, np.float32)], use_gpu=True, device="gpu")
+    monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
+    monkeypatch.setattr(backends, "_told", set())
+    with pytest.warns(RuntimeWarning, match="no hardware GPU is present") as caught:
+        opt = AdamW([np.zeros(2, np.float32)], use_gpu=True)
+        AdamW([np.zeros(2, np.float32)], use_gpu=True, device="gpu")     # once per process
+    assert len(caught) == 1 and caught[0].filename == __file__
     assert opt.backend == "numpy"
+    monkeypatch.setenv("HYPEROPT_REQUIRE_VULKAN", "1")
+    with pytest.raises(RuntimeError, match="HYPEROPT_REQUIRE_VULKAN=1"):
+        AdamW([np.zeros(2, np.float32)], use_gpu=True)
+
+
+def test_auto_on_a_cpu_only_machine_runs_the_cpu_path_without_a_warning(monkeypatch, caplog):
+    if not _cpu_only():
+        pytest.skip("this machine has a hardware GPU")
+    import logging
+    import warnings
+    import hyperopt.backends as backends
+    monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
+    monkeypatch.setattr(backends, "_told", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.INFO, logger="hyperopt"):
+            opts = [AdamW([np.zeros(2, np.float32)], use_gpu="auto") for _ in range(2)]
+    assert [o.backend for o in opts] == ["numpy", "numpy"]     # a CPU driver is never taken implicitly
+    notices = [r for r in caplog.records if r.name == "hyperopt"]
+    assert len(notices) == 1 and "CPU path" in notices[0].getMessage()
+
+
+@pytest.mark.parametrize("use_gpu, device", [(False, "gpu"), (False, "vulkan:cpu"), (False, "vulkan:0"),
+                                             (True, "cpu")])
+def test_contradictions_raise(use_gpu, device):
+    with pytest.raises(ValueError, match="contradicts"):
+        AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
+
+
+@pytest.mark.parametrize("use_gpu, device", [("False", None), (1, None), (None, None), (True, "lavapipe"),
+                                             (True, "vulkan:"), (True, 0)])
+def test_bad_device_arguments_raise(use_gpu, device):
+    with pytest.raises((ValueError, TypeError), match="use_gpu|device"):
+        AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
+
+
+@pytest.mark.parametrize("use_gpu", [True, "auto"])
+@pytest.mark.parametrize("device", ["vulkan:no such device", "vulkan:99"])
+def test_an_explicit_vulkan_device_that_matches_nothing_raises(monkeypatch, use_gpu, device):
+    monkeypatch.delenv("HYPEROPT_REQUIRE_VULKAN", raising=False)
+    with pytest.raises(RuntimeError, match="no Vulkan device matches device="):
+        AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
+
+
+def test_device_names_pick_the_path(monkeypatch):
+    monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
+    assert AdamW([np.zeros(2, np.float32)], use_gpu="auto", device="cpu").backend == "numpy"
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend == "numpy"
+    name = vulkan.context(DEVICE).name
+    by_index = [k for k, (_, p) in enumerate(_devices()) if vulkan._text(p.deviceName) == name][0]
+    for device in (DEVICE, f"vulkan:{by_index}", f"vulkan:{name[:5].upper()}"):
+        assert AdamW([np.zeros(2, np.float32)], use_gpu=True, device=device).backend == f"vulkan:{name}"
+    monkeypatch.setenv("HYPEROPT_DEVICE", DEVICE)      # the environment names the device when device=None
+    assert AdamW([np.zeros(2, np.float32)]).backend == f"vulkan:{name}"
+    monkeypatch.setenv("HYPEROPT_DEVICE", "cpu")
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=True).backend == "numpy"
+    monkeypatch.setenv("HYPEROPT_DEVICE", DEVICE)
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend == "numpy"   # False is never overridden
 
 
 def _devices():
