@@ -53,7 +53,8 @@ def select_backend(use_gpu="auto", device=None):
     if device is not None and not isinstance(device, str):
         raise TypeError(f"device must be a string such as 'cpu', 'gpu' or 'vulkan:0', got {type(device).__name__}")
     if device is not None:
-        device = device.strip()
+        device = device.strip() or None      # "" is "not given" (as an empty environment variable is)
+    if device is not None:
         if device not in ("cpu", "gpu") and not device.startswith("vulkan:"):
             raise ValueError(f"unknown device {device!r}: expected 'cpu', 'gpu', 'vulkan:cpu', "
                              "'vulkan:<index>' or 'vulkan:<part of the device name>'")
