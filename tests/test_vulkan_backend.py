@@ -13,6 +13,8 @@ from hyperopt.kernels import KERNELS
 
 from conftest import DEVICE, REQUIRE, vulkan_available
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 reason = vulkan_available()
 if reason is not None:
     if REQUIRE:
@@ -247,3 +249,44 @@ def test_validation_layer_reports_invalid_usage():
         pass
     assert any("VUID-VkBufferCreateInfo-size" in m for m in vulkan.validation_messages)
     vulkan.validation_messages.clear()
+
+
+PIPELINE_CACHE = textwrap.dedent("""
+    import sys, numpy as np
+    from hyperopt import AdamW
+    from hyperopt.backends import vulkan
+    opt = AdamW([np.zeros(10, np.float32)], use_gpu=True, device=sys.argv[1])
+    opt.step(gradients=[np.ones(10, np.float32)])
+    ctx = vulkan.context(sys.argv[1])
+    print(ctx.cache_loaded, ctx.cache_path)
+""")
+
+
+@pytest.mark.timeout(120)
+def test_pipeline_cache_persists_across_processes(tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=ROOT)
+    env.pop("HYPEROPT_CACHE_DIR", None)
+    run = lambda e: subprocess.run([sys.executable, "-c", PIPELINE_CACHE, DEVICE], env=e, capture_output=True,
+                                   text=True, check=True, timeout=100).stdout.split()
+    loaded, path = run(env)
+    assert loaded == "0" and path.startswith(str(tmp_path / "xdg" / "hyperopt"))
+    assert os.path.getsize(path) > 0                 # written at exit
+    loaded, again = run(env)
+    assert again == path and int(loaded) == os.path.getsize(path)   # the next process starts from it
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    loaded, path = run(dict(env, HYPEROPT_CACHE_DIR=str(blocked / "cache")))   # unwritable: still works
+    assert loaded == "0" and not os.path.exists(path)
+
+
+def test_layouts_past_2_to_the_32_elements_are_refused_before_allocating():
+    """Work-table entries are 32-bit arena indices: a layout that would wrap them is refused."""
+    with pytest.raises(ValueError, match="2\\^32"):
+        vulkan.plan_layout([2**31, 2**31], row_size=16384)
+    sizes = [2**31, 2**31 - 2**20, 3]          # just under the limit: planned without allocating anything
+    offsets, rows, total = vulkan.plan_layout(sizes, row_size=1 << 24)
+    assert total < 2**32 and rows.dtype == np.uint32
+    for s, (off, n) in enumerate(zip(offsets, sizes)):
+        mine = rows[rows[:, 0] == s]
+        assert mine[0, 1] == off and mine[-1, 2] == off + n                # rows cover the segment exactly
+        assert np.all(mine[1:, 1] == mine[:-1, 2])

@@ -421,6 +421,36 @@ class Buffer:
             Buffer.live -= 1
 
 
+# ============================================================================ layout
+MAX_ELEMENTS = 2**32 - 2**16     # work-table entries are 32-bit arena indices (with room for a loop's last stride)
+
+
+def plan_layout(sizes, row_size):
+    """(segment offsets, work rows, total) of parameters with ``sizes`` elements: each parameter a
+    segment padded to ``ALIGN``; rows (segment, begin, end, 0) of at most ``row_size`` elements,
+    never crossing a segment.  Raises before anything is allocated if the indices would wrap."""
+    sizes = np.asarray(sizes, np.int64)
+    padded = np.maximum((sizes + ALIGN - 1) // ALIGN * ALIGN, ALIGN)   # empty ones too: windows stay inside
+    total = int(padded.sum())
+    if total > MAX_ELEMENTS:
+        raise ValueError(f"the Vulkan backend indexes parameters with 32-bit offsets: {total} elements in all "
+                         f"(padded) is past 2^32 - 2^16; split the parameters over several optimizers")
+    offsets = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
+    rows = []
+    for s, (off, n) in enumerate(zip(offsets.tolist(), sizes.tolist())):
+        length = row_length(n, row_size)
+        rows += [(s, off + b, off + min(b + length, n), 0) for b in range(0, max(n, 1), length)]
+    return offsets, np.array(rows, np.uint32).reshape(-1, 4), total
+
+
+def row_length(n, row_size):
+    """Elements per work row of an n-element parameter: at most ``row_size``, and at least two
+    equal rows from 4K elements on, so that two cores (or SMs) share even a small tensor."""
+    rows = max(-(-n // row_size), min(2, -(-n // 4096)), 1)
+    per_row = -(-n // rows)
+    return max(ALIGN, -(-per_row // ALIGN) * ALIGN)      # rounded up to whole aligned blocks
+
+
 # ============================================================================ the backend
 def _guarded(method):
     """A backend method: one call at a time per backend, never on a closed or inherited device."""
@@ -468,22 +498,14 @@ class VulkanBackend:
         for k, a in enumerate(arrays):
             if a.dtype != np.float32:
                 raise TypeError(f"the Vulkan backend updates float32 parameters; parameter {k} is {a.dtype}")
+        sizes = np.array([a.size for a in arrays], np.int64)
+        offsets, rows, total = plan_layout(sizes, self.ctx.row_size)     # checked before anything is freed
         old = {name: [self.read(name, i) for i in range(len(self._params))] for name in self.buffers} if self._arenas else {}
         old_ids = {id(a): i for i, a in enumerate(self._params)}
         self._free_layout()
         self._params = list(arrays)
         self.buffers = tuple(state_names)
-        sizes = np.array([a.size for a in arrays], np.int64)
-        padded = np.maximum((sizes + ALIGN - 1) // ALIGN * ALIGN, ALIGN)   # empty ones too: windows stay inside
-        self.offsets = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
-        self.sizes = sizes
-        total = int(padded.sum())
-        # work rows: (segment, begin, end, 0), never crossing a segment
-        rows = []
-        for s, (off, n) in enumerate(zip(self.offsets, sizes)):
-            length = self._row_length(int(n))
-            rows += [(s, off + b, off + min(b + length, n), 0) for b in range(0, max(int(n), 1), length)]
-        self._rows = np.array(rows, np.uint32).reshape(-1, 4)
+        self.offsets, self._rows, self.sizes = offsets, rows, sizes
         self.n_rows = len(self._rows)
         first = np.searchsorted(self._rows[:, 0], np.arange(len(arrays)))
         counts = np.bincount(self._rows[:, 0], minlength=len(arrays))
@@ -512,13 +534,6 @@ class VulkanBackend:
                 for aid, j in old_ids.items():
                     if aid in new_ids:
                         self.write(name, new_ids[aid], values[j])
-
-    def _row_length(self, n):
-        """Elements per work row of an n-element parameter: at most ``row_size``, and at least two
-        equal rows from 4K elements on, so that two cores (or SMs) share even a small tensor."""
-        rows = max(-(-n // self.ctx.row_size), min(2, -(-n // 4096)), 1)
-        per_row = -(-n // rows)
-        return max(ALIGN, -(-per_row // ALIGN) * ALIGN)      # rounded up to whole aligned blocks
 
     def _plan_windows(self, total):
         """Split the rows into dispatches whose arena span fits one binding and one dispatch."""
