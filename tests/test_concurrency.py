@@ -181,7 +181,10 @@ FORK = """
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        ok = np.array_equal(train(2, big), expected)
+        try:
+            ok = np.array_equal(train(2, big), expected)
+        except RuntimeError as exc:
+            ok = f"refused: {exc}"
         try:
             parent_opt.step(gradients=[np.ones(8, np.float32)])
             inherited_msg = "stepped"
@@ -189,7 +192,7 @@ FORK = """
             inherited_msg = str(exc)
         os.write(w, f"{ok}|{inherited_msg}".encode())
         os.close(w)
-        sys.exit(0)                    # atexit hooks run in the child: they must not hang
+        os._exit(0)                    # as multiprocessing does (see the note in test_a_forked_child...)
     os.close(w)
     msg = os.read(r, 4096).decode()
     _, status = os.waitpid(pid, 0)
@@ -199,11 +202,24 @@ FORK = """
 """
 
 
+def _fork_capable():
+    """lavapipe runs in a forked child; SwiftShader does not (its worker threads stay in the parent),
+    and the backend refuses it there with a clear error instead of hanging."""
+    from hyperopt.backends import vulkan
+    return "llvmpipe" in vulkan.context(DEVICE).name
+
+
 @pytest.mark.timeout(300)
 def test_a_forked_child_builds_its_own_optimizers(backend):
+    """The child leaves with os._exit, as multiprocessing's workers do: a plain sys.exit in a child
+    of a process that used lavapipe runs Mesa's C exit handler, which joins the parent's (absent)
+    driver threads and may crash; nothing in Python can skip it."""
     out = _run_script(FORK, "numpy" if backend == "numpy" else DEVICE).splitlines()
     ok, inherited = out[0].split("|", 1)
-    assert ok == "True"
+    if backend == "vulkan" and not _fork_capable():
+        assert ok.startswith("refused:") and "forked child" in ok and "spawn" in ok
+    else:
+        assert ok == "True"
     assert out[1] == "child exit 0"
     if backend == "numpy":
         assert inherited == "stepped"     # plain arrays: the child owns its copy
@@ -226,6 +242,10 @@ def test_a_fork_process_pool_runs_optimizers(backend):
     device = "numpy" if backend == "numpy" else DEVICE
     expected = [_pool_task((device, s)) for s in (3, 4)]     # the parent steps first (pool and device in use)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        if backend == "vulkan" and not _fork_capable():
+            with pytest.raises(RuntimeError, match="forked child"):
+                list(pool.map(_pool_task, [(device, s) for s in (3, 4)], timeout=240))
+            return
         got = list(pool.map(_pool_task, [(device, s) for s in (3, 4)], timeout=240))
     for (name_ref, p_ref), (name, p) in zip(expected, got):
         assert name == name_ref

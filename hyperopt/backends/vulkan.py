@@ -52,6 +52,10 @@ FRAME_BINDINGS = 4            # work, table, partials, ctl: see common.glsli
 
 validation_messages: list[str] = []
 
+class _StuckDriver(Exception):
+    """The driver's queue does not finish work (see Context._check_queue_after_fork)."""
+
+
 _generation = 0            # bumped in a forked child: contexts of an older generation belong to the parent
 _shutting_down = False     # set at interpreter exit, before the devices are released
 
@@ -71,6 +75,8 @@ class Context:
         self.instance = self._create_instance()
         try:
             self._open(selector)
+        except _StuckDriver as exc:      # its queue never finishes: destroying anything could hang too
+            raise VulkanUnavailable(str(exc)) from None
         except BaseException:
             self._destroy_instance()     # no device: nothing may stay behind
             raise
@@ -106,6 +112,49 @@ class Context:
         self.staging = not unified or os.environ.get("HYPEROPT_VULKAN_STAGING") == "1"
         self.pipelines: dict[tuple, tuple] = {}
         self._open_pipeline_cache()
+        if self.generation > 0:
+            self._check_queue_after_fork()
+
+    def _check_queue_after_fork(self):
+        """Some drivers (SwiftShader) keep their worker threads in a process-wide pool that a forked
+        child inherits without the threads: their queues never finish a dispatch there.  Run one
+        tiny dispatch with a timeout, so such a device is refused instead of hanging the first step."""
+        buffer = vk.vkCreateBuffer(self.device, vk.VkBufferCreateInfo(
+            size=256, usage=vk.VK_BUFFER_USAGE_STORAGE_BUFFER_BIT, sharingMode=vk.VK_SHARING_MODE_EXCLUSIVE), None)
+        req = vk.vkGetBufferMemoryRequirements(self.device, buffer)
+        memory = vk.vkAllocateMemory(self.device, vk.VkMemoryAllocateInfo(
+            allocationSize=req.size, memoryTypeIndex=self._find_type(0, req.memoryTypeBits)), None)
+        vk.vkBindBufferMemory(self.device, buffer, memory, 0)
+        pipe, layout, set_layout = self.pipeline("segment-sum", FRAME_BINDINGS + 1)    # with n_sums = 0: no writes
+        pool = vk.vkCreateDescriptorPool(self.device, vk.VkDescriptorPoolCreateInfo(
+            maxSets=1, poolSizeCount=1, pPoolSizes=[vk.VkDescriptorPoolSize(
+                type=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=FRAME_BINDINGS + 1)]), None)
+        ds = vk.vkAllocateDescriptorSets(self.device, vk.VkDescriptorSetAllocateInfo(
+            descriptorPool=pool, descriptorSetCount=1, pSetLayouts=[set_layout]))[0]
+        vk.vkUpdateDescriptorSets(self.device, FRAME_BINDINGS + 1, [vk.VkWriteDescriptorSet(
+            dstSet=ds, dstBinding=k, descriptorCount=1, descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+            pBufferInfo=[vk.VkDescriptorBufferInfo(buffer=buffer, offset=0, range=256)])
+            for k in range(FRAME_BINDINGS + 1)], 0, None)
+        cmd = vk.vkAllocateCommandBuffers(self.device, vk.VkCommandBufferAllocateInfo(
+            commandPool=self.pool, level=vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY, commandBufferCount=1))[0]
+        vk.vkBeginCommandBuffer(cmd, vk.VkCommandBufferBeginInfo(flags=vk.VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT))
+        vk.vkCmdBindPipeline(cmd, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe)
+        vk.vkCmdBindDescriptorSets(cmd, vk.VK_PIPELINE_BIND_POINT_COMPUTE, layout, 0, 1, [ds], 0, None)
+        vk.vkCmdPushConstants(cmd, layout, vk.VK_SHADER_STAGE_COMPUTE_BIT, 0, PUSH_BYTES, ffi.new("uint32_t[4]"))
+        vk.vkCmdDispatch(cmd, 1, 1, 1)
+        vk.vkEndCommandBuffer(cmd)
+        info = self.submit_info(cmd)
+        check(vk.lib.vkQueueSubmit(self.queue, 1, info[0], self.fence))
+        if vk.lib.vkWaitForFences(self.device, 1, self._fence_ptr, vk.VK_TRUE, 5_000_000_000) != vk.VK_SUCCESS:
+            raise _StuckDriver(
+                f"the Vulkan driver of {self.name} ({self.driver}) does not run work in a forked child "
+                "process once its parent has used it; start worker processes with the 'spawn' or "
+                "'forkserver' method, or use the CPU path (device='cpu') in forked workers")
+        check(vk.lib.vkResetFences(self.device, 1, self._fence_ptr))
+        vk.vkFreeCommandBuffers(self.device, self.pool, 1, [cmd])
+        vk.vkDestroyDescriptorPool(self.device, pool, None)
+        vk.vkDestroyBuffer(self.device, buffer, None)
+        vk.vkFreeMemory(self.device, memory, None)
 
     def _create_instance(self):
         layers, exts = [], []
@@ -702,10 +751,9 @@ class VulkanBackend:
         try:
             if self._closed is None:
                 self._closed = reason
-                if self.ctx.owned:
-                    self._finalizer()
-                else:
-                    self._finalizer.detach()    # the parent's objects (after fork)
+                # detach, then release: a finalizer called after weakref's own exit hook does nothing
+                if self._finalizer.detach() is not None:
+                    _release(self._owned)       # skips the parent's objects (after fork)
         finally:
             self.lock.release()
 
