@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from .backends import select_backend
+from .backends import fit_backend, select_backend
 
 
 def _data(p) -> np.ndarray:
@@ -121,7 +121,9 @@ class Optimizer:
                 raise
 
     def _rebind(self):
-        self._backend.bind([_data(p) for p in self.params()], self.state_buffers)
+        arrays = [_data(p) for p in self.params()]
+        self._backend = fit_backend(self._backend, arrays)    # e.g. float64 on a device without shaderFloat64
+        self._backend.bind(arrays, self.state_buffers)
         self._index = {id(p): i for i, p in enumerate(self.params())}
         self._group_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
 

@@ -1,6 +1,7 @@
 """The Vulkan backend: the kernels' GLSL twins, run as compute shaders through the `vulkan` binding.
 
-Layout.  Every parameter is one *segment* of flat float32 arena buffers ("param", "grad" and one
+Layout.  Every parameter is one *segment* of flat arena buffers (float32, or float64 with the
+kernels' .f64 builds where the device has shaderFloat64) ("param", "grad" and one
 per state buffer), padded to 64 floats so every segment starts 256-byte aligned.  A work table
 splits the segments into rows of at most ``row_size`` elements, one workgroup each; a step is one submit
 of a command buffer recorded once per program: [copy gradients in] -> each dispatch over all rows ->
@@ -51,6 +52,11 @@ PUSH_BYTES = 16               # struct Dispatch in common.glsli: 4 x uint
 FRAME_BINDINGS = 4            # work, table, partials, ctl: see common.glsli
 
 validation_messages: list[str] = []
+
+class PrecisionUnsupported(TypeError):
+    """Parameters this device cannot update (float64 without shaderFloat64, mixed precisions):
+    ``hyperopt.backends.fit_backend`` moves such an optimizer to the CPU path, with a warning."""
+
 
 class _StuckDriver(Exception):
     """The driver's queue does not finish work (see Context._check_queue_after_fork)."""
@@ -455,8 +461,8 @@ class Buffer:
             self.view = np.frombuffer(raw, np.uint8)
             self.view[:] = 0
 
-    def floats(self):
-        return self.view.view(np.float32)
+    def floats(self, dtype=np.float32):
+        return self.view.view(dtype)
 
     def free(self):
         if self.buffer is not None and not self.ctx.owned:
@@ -534,6 +540,7 @@ class VulkanBackend:
         self._owned: dict = {"buffers": [], "programs": [], "ctx": self.ctx}
         self._programs: list[VulkanProgram] = self._owned["programs"]
         self._params: list[np.ndarray] = []
+        self.dtype, self.itemsize, self.variant = np.dtype(np.float32), 4, ""
         self._ctl = self._host(16)
         self._ctl_host = np.zeros(0, np.float32)   # the optimizer's copy: never a view of device memory
         self._active = None
@@ -542,16 +549,35 @@ class VulkanBackend:
         _live_backends.add(self)
 
     # -------------------------------------------------------------- layout
+    def unsupported(self, arrays) -> str | None:
+        """Why this device cannot update ``arrays`` (None if it can)."""
+        try:
+            self._precision(arrays)
+        except PrecisionUnsupported as exc:
+            return str(exc)
+        return None
+
+    def _precision(self, arrays):
+        for k, a in enumerate(arrays):
+            if a.dtype not in (np.float32, np.float64):
+                raise PrecisionUnsupported(f"the Vulkan backend updates float32 and float64 parameters; parameter {k} is {a.dtype}")
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) > 1:
+            raise PrecisionUnsupported("the Vulkan backend runs one precision per optimizer; the parameters mix float32 and float64")
+        dtype = np.dtype(dtypes.pop() if dtypes else np.float32)
+        if dtype == np.float64 and not self.ctx.float64:
+            raise PrecisionUnsupported(f"{self.ctx.name} has no shaderFloat64 feature (float64 parameters)")
+        return dtype
+
     @_guarded
     def bind(self, arrays, state_names):
-        for k, a in enumerate(arrays):
-            if a.dtype != np.float32:
-                raise TypeError(f"the Vulkan backend updates float32 parameters; parameter {k} is {a.dtype}")
+        dtype = self._precision(arrays)
         sizes = np.array([a.size for a in arrays], np.int64)
         offsets, rows, total = plan_layout(sizes, self.ctx.row_size)     # checked before anything is freed
         old = {name: [self.read(name, i) for i in range(len(self._params))] for name in self.buffers} if self._arenas else {}
         old_ids = {id(a): i for i, a in enumerate(self._params)}
         self._free_layout()
+        self.dtype, self.itemsize, self.variant = dtype, dtype.itemsize, ".f64" if dtype == np.float64 else ""
         self._params = list(arrays)
         self.buffers = tuple(state_names)
         self.offsets, self._rows, self.sizes = offsets, rows, sizes
@@ -564,15 +590,15 @@ class VulkanBackend:
         self._ranges.view.view(np.uint32).reshape(-1, 2)[:] = np.c_[first, counts]
         self._windows = self._plan_windows(total)
         for name in ("param", "grad") + self.buffers:
-            self._arenas[name] = self._arena(total * 4)
+            self._arenas[name] = self._arena(total * self.itemsize)
         if self.ctx.staging:     # device-local memory starts with whatever was there before
             arenas = list(self._arenas.values())
             self.ctx.one_shot(lambda cmd: [vk.vkCmdFillBuffer(cmd, a.buffer, 0, a.nbytes, 0) for a in arenas])
             for name in ("param", "grad"):
-                self._staging[name] = self._host(total * 4)
+                self._staging[name] = self._host(total * self.itemsize)
         self._slices = [slice(int(o), int(o + n)) for o, n in zip(self.offsets, sizes)]
-        self._grad_in = (self._staging.get("grad") or self._arenas["grad"]).floats()
-        self._param_out = (self._staging.get("param") or self._arenas["param"]).floats()
+        self._grad_in = (self._staging.get("grad") or self._arenas["grad"]).floats(dtype)
+        self._param_out = (self._staging.get("param") or self._arenas["param"]).floats(dtype)
         self._active = None
         self._touched: set[int] = set()     # segments whose state may be non-zero
         self.reload_params()
@@ -586,7 +612,7 @@ class VulkanBackend:
 
     def _plan_windows(self, total):
         """Split the rows into dispatches whose arena span fits one binding and one dispatch."""
-        limit = self.ctx.max_binding_bytes // 4 // ALIGN * ALIGN
+        limit = self.ctx.max_binding_bytes // self.itemsize // ALIGN * ALIGN
         windows, start = [], 0
         while start < self.n_rows:
             base = int(self._rows[start, 1]) // ALIGN * ALIGN
@@ -634,11 +660,12 @@ class VulkanBackend:
         arena, r = self._arenas[name], self._slices[i]
         shape = self._params[i].shape
         if arena.view is not None:
-            return arena.floats()[r].reshape(shape).copy()
-        tmp = Buffer(self.ctx, (r.stop - r.start) * 4, host=True)     # staging for this region only
+            return arena.floats(self.dtype)[r].reshape(shape).copy()
+        k = self.itemsize
+        tmp = Buffer(self.ctx, (r.stop - r.start) * k, host=True)     # staging for this region only
         try:
-            self._copy(arena, tmp, r.start * 4, 0, (r.stop - r.start) * 4)
-            return tmp.floats()[: r.stop - r.start].reshape(shape).copy()
+            self._copy(arena, tmp, r.start * k, 0, (r.stop - r.start) * k)
+            return tmp.floats(self.dtype)[: r.stop - r.start].reshape(shape).copy()
         finally:
             tmp.free()
 
@@ -652,23 +679,25 @@ class VulkanBackend:
         arenas = [self._arenas[name] for name in self.buffers]
         if not self.ctx.staging:
             for arena in arenas:
-                arena.floats()[r] = 0.0
+                arena.floats(self.dtype)[r] = 0.0
         elif r.stop > r.start:
-            self.ctx.one_shot(lambda cmd: [vk.vkCmdFillBuffer(cmd, a.buffer, r.start * 4, (r.stop - r.start) * 4, 0)
+            k = self.itemsize
+            self.ctx.one_shot(lambda cmd: [vk.vkCmdFillBuffer(cmd, a.buffer, r.start * k, (r.stop - r.start) * k, 0)
                                            for a in arenas])
 
     @_guarded
     def write(self, name, i, values):
         self._touched.add(i)
         arena, r = self._arenas[name], self._slices[i]
-        values = np.broadcast_to(np.asarray(values, np.float32), self._params[i].shape).reshape(-1)
+        values = np.broadcast_to(np.asarray(values, self.dtype), self._params[i].shape).reshape(-1)
         if arena.view is not None:
-            arena.floats()[r] = values
+            arena.floats(self.dtype)[r] = values
             return
-        tmp = Buffer(self.ctx, (r.stop - r.start) * 4, host=True)
+        k = self.itemsize
+        tmp = Buffer(self.ctx, (r.stop - r.start) * k, host=True)
         try:
-            tmp.floats()[: r.stop - r.start] = values
-            self._copy(tmp, arena, 0, r.start * 4, (r.stop - r.start) * 4)
+            tmp.floats(self.dtype)[: r.stop - r.start] = values
+            self._copy(tmp, arena, 0, r.start * k, (r.stop - r.start) * k)
         finally:
             tmp.free()
 
@@ -676,7 +705,7 @@ class VulkanBackend:
     def reload_params(self):
         """Copy the user's parameter arrays to the device (after editing them outside step())."""
         target = self._staging.get("param") or self._arenas["param"]
-        view = target.floats()
+        view = target.floats(self.dtype)
         for i, a in enumerate(self._params):
             view[self._slices[i]] = a.reshape(-1)
         if self.ctx.staging:
@@ -725,7 +754,7 @@ class VulkanBackend:
             for i in self._active_list:
                 p = params[i]
                 p[...] = view[slices[i]].reshape(p.shape)
-        return [buf.floats()[: len(self._params) * n].reshape(-1, n).astype(np.float64)
+        return [buf.floats(self.dtype)[: len(self._params) * n].reshape(-1, n).astype(np.float64)
                 for buf, n in program.sum_outputs]
 
     def _upload(self, grads):
@@ -775,6 +804,7 @@ class VulkanProgram:
         ctx = self.ctx = backend.ctx
         self._arenas, self._staging = backend._arenas, backend._staging   # not the backend: no cycle
         n_seg = len(backend._params)
+        dtype, k = backend.dtype, backend.itemsize      # the precision of tables, partials and sums
         self.dispatches = [dispatch(k, names) for k, names in dispatches]
         self._buffers: list[Buffer] = []
         self.tables, self.mapped_tables, self.sum_outputs = [], [], []
@@ -786,27 +816,27 @@ class VulkanProgram:
         last_sums = None
         steps = []
         for kernel, names in self.dispatches:
-            table = self._own(n_seg * max(1, len(kernel.scalars)) * 4)
-            self.mapped_tables.append(table.floats()[: n_seg * len(kernel.scalars)].reshape(n_seg, len(kernel.scalars)))
+            table = self._own(n_seg * max(1, len(kernel.scalars)) * k)
+            self.mapped_tables.append(table.floats(dtype)[: n_seg * len(kernel.scalars)].reshape(n_seg, len(kernel.scalars)))
             self.tables.append(np.zeros_like(self.mapped_tables[-1]))   # filled by the host, copied in by run()
             n_bind = FRAME_BINDINGS + len(kernel.buffers)
-            pipe = ctx.pipeline(kernel.shader, n_bind)
+            pipe = ctx.pipeline(kernel.shader + backend.variant, n_bind)
             if kernel.kind == CONTROL:
                 sums, n_sums = last_sums if last_sums else (self._own(16), 0)
                 ds = self._set(pipe, [backend._work, table, sums, backend._ctl])
                 steps.append([(pipe, ds, (0, 0, n_seg, n_sums), 1)])
                 continue
             n_sums = len(kernel.sums)
-            partials = self._own(backend.n_rows * max(1, n_sums) * 4)
+            partials = self._own(backend.n_rows * max(1, n_sums) * k)
             step = []
             for (w0, nw, base, span) in backend._windows:
-                arenas = [(backend._arenas[n], base * 4, span * 4) for n in names]
+                arenas = [(backend._arenas[n], base * k, span * k) for n in names]
                 ds = self._set(pipe, [backend._work, table, partials, backend._ctl], arenas)
                 step.append((pipe, ds, (w0, base, n_seg, max(1, n_sums)), nw))
             steps.append(step)
             if n_sums:
-                sums = self._own(n_seg * n_sums * 4)
-                red = ctx.pipeline("segment-sum", FRAME_BINDINGS + 1)
+                sums = self._own(n_seg * n_sums * k)
+                red = ctx.pipeline("segment-sum" + backend.variant, FRAME_BINDINGS + 1)
                 ds = self._set(red, [backend._work, backend._ranges, partials, backend._ctl, sums])
                 steps.append([(red, ds, (0, 0, n_seg, n_sums), n_seg)])
                 self.sum_outputs.append((sums, n_sums))
