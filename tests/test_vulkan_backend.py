@@ -335,9 +335,10 @@ def test_pipeline_cache_persists_across_processes(tmp_path):
                                    text=True, check=True, timeout=100).stdout.split()
     loaded, path = run(env)
     assert loaded == "0" and path.startswith(str(tmp_path / "xdg" / "hyperopt"))
-    assert os.path.getsize(path) > 0                 # written at exit
+    written = os.path.getsize(path)
+    assert written > 0                               # written at exit
     loaded, again = run(env)
-    assert again == path and int(loaded) == os.path.getsize(path)   # the next process starts from it
+    assert again == path and int(loaded) == written  # the next process starts from it
     blocked = tmp_path / "a-file"
     blocked.write_text("not a directory")
     loaded, path = run(dict(env, HYPEROPT_CACHE_DIR=str(blocked / "cache")))   # unwritable: still works

@@ -281,6 +281,7 @@ class Context:
         except OSError:
             data = b""           # missing or unreadable: start empty
         self.cache_loaded = len(data)
+        self._cache_digest = hashlib.sha256(data).digest()
         info = vk.VkPipelineCacheCreateInfo(initialDataSize=len(data), pInitialData=ffi.from_buffer(data) if data else ffi.NULL)
         try:
             self.pipeline_cache = vk.vkCreatePipelineCache(self.device, info, None)
@@ -299,6 +300,9 @@ class Context:
             check(vk.lib.vkGetPipelineCacheData(self.device, self.pipeline_cache, size, buf))
             data = ffi.buffer(buf, size[0])[:]
             self._cache_dirty = False
+        if hashlib.sha256(data).digest() == self._cache_digest:
+            return               # every pipeline came from the file: nothing new to write
+        self._cache_digest = hashlib.sha256(data).digest()
         tmp = self.cache_path.with_name(f"{self.cache_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
