@@ -15,6 +15,10 @@ The interface (shared with the Vulkan backend):
                                parameter arrays; run every dispatch, copy parameters back when
                                ``download``; returns the per-segment sums (float64
                                (n_segments, n_sums)) of each summing kernel, in program order
+  close()                      later calls raise; ``lock`` serialises one backend's calls
+
+Large kernels are cut into chunks that a process-wide thread pool shares out; optimizers in several
+threads share it safely, and a forked child builds a new one (the inherited one has no threads).
 """
 from __future__ import annotations
 
