@@ -211,9 +211,10 @@ def _fork_capable():
 
 @pytest.mark.timeout(300)
 def test_a_forked_child_builds_its_own_optimizers(backend):
-    """The child leaves with os._exit, as multiprocessing's workers do: a plain sys.exit in a child
-    of a process that used lavapipe runs Mesa's C exit handler, which joins the parent's (absent)
-    driver threads and may crash; nothing in Python can skip it."""
+    """The child leaves with os._exit, as multiprocessing's workers do and the os.fork documentation
+    advises: a child that ends with sys.exit, after its parent used lavapipe, runs Mesa's C exit
+    handler, which joins the parent's driver threads (absent in the child) and crashes or hangs
+    after Python has finished; nothing in Python can skip that handler."""
     out = _run_script(FORK, "numpy" if backend == "numpy" else DEVICE).splitlines()
     ok, inherited = out[0].split("|", 1)
     if backend == "vulkan" and not _fork_capable():

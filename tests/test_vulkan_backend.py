@@ -356,3 +356,28 @@ def test_layouts_past_2_to_the_32_elements_are_refused_before_allocating():
         mine = rows[rows[:, 0] == s]
         assert mine[0, 1] == off and mine[-1, 2] == off + n                # rows cover the segment exactly
         assert np.all(mine[1:, 1] == mine[:-1, 2])
+
+
+MAX_BINDING = textwrap.dedent("""
+    import sys, numpy as np
+    from hyperopt import AdamW
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(600_000).astype(np.float32)
+    ref = p.copy()
+    opt = AdamW([p], lr=1e-2, use_gpu=True, device=sys.argv[1])
+    ref_opt = AdamW([ref], lr=1e-2, use_gpu=False)
+    for _ in range(2):
+        g = rng.standard_normal(600_000).astype(np.float32)
+        opt.step(gradients=[g])
+        ref_opt.step(gradients=[g])
+    print(len(opt._backend._windows), float(np.max(np.abs(p - ref))))
+""")
+
+
+@pytest.mark.timeout(120)
+def test_the_binding_limit_can_be_forced_from_the_environment():
+    """HYPEROPT_VULKAN_MAX_BINDING: windows on any driver, whatever its own limit."""
+    env = dict(os.environ, HYPEROPT_VULKAN_MAX_BINDING=str(1 << 20), PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", MAX_BINDING, DEVICE], env=env, capture_output=True, text=True,
+                         check=True, timeout=100).stdout.split()
+    assert int(out[0]) >= 3 and float(out[1]) < 1e-6
