@@ -16,4 +16,5 @@ def _autosgm(num_lrc):
     return factory
 
 
-CASES = {"AutoSGM(num_lrc=0)": _autosgm(0), "AutoSGM(num_lrc=2)": _autosgm(2)}
+# names a shell takes unquoted (no parentheses)
+CASES = {"AutoSGM-lrc0": _autosgm(0), "AutoSGM-lrc2": _autosgm(2)}

@@ -1,15 +1,16 @@
 """HysteroGrad on two moons: train MLP([2, 16, 16, 2]) and draw the optimizer's diagnostics.
 
-    python benchmarks/hysterograd_moons.py [OUT.png] [--epochs 100] [--gpu] [--device cpu]
+    python -m benchmarks.hysterograd_moons --out results            # CPU path, 100 epochs (seconds)
+    python -m benchmarks.hysterograd_moons --epochs 50 --device vulkan:cpu --out results
 
 Top panel: the training loss per step and the hysteresis barrier h.  Bottom panel: the
 preconditioned gradient norm n against the barrier, with the steps where the optimizer was Liquid
 (parameters moved) shaded green; where the norm falls under the barrier it is Frozen.
-Hyperparameters are those of the upstream Moons example (lr 0.01, stiffening 0.05, 100 epochs).
+Hyperparameters are those of the HysteroGrad repository's Moons example (lr 0.01, stiffening 0.05,
+100 epochs).  Writes hysterograd_moons.png, .md and .csv under --out.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import numpy as np
 if __package__ in (None, ""):   # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.cli import (backend_label, command_line, float_range, int_range, make_parser,  # noqa: E402
+                            write_results)
 from benchmarks.tasks import MLP, train, two_moons  # noqa: E402
 from hyperopt.hysterograd import HIOptimizer  # noqa: E402
 
@@ -48,7 +51,7 @@ def run(epochs=100, lr=0.01, stiffening_factor=0.05, use_gpu=False, device=None,
     }
 
 
-def plot(result, path):
+def plot(result, path, title=None):
     """Write the two-panel diagnostics figure to ``path`` (PNG; matplotlib's Agg backend)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -62,8 +65,11 @@ def plot(result, path):
     twin = top.twinx()
     twin.plot(steps, result["barrier"], color="tab:red", ls="--", lw=1.2, label="barrier h")
     twin.set_ylabel("hysteresis barrier h")
-    top.legend(handles=top.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0], loc="upper right")
-    top.set_title(f"HysteroGrad on two moons ({result['backend']}): test accuracy {result['test_accuracy']:.1%}")
+    twin.set_yscale("log")
+    top.legend(handles=top.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0],
+               loc="upper left", bbox_to_anchor=(1.08, 1), fontsize=8)
+    top.set_title(title or f"HysteroGrad on two moons, MLP [2, 16, 16, 2] ({backend_label(result['backend'])}): "
+                           f"test accuracy {result['test_accuracy']:.1%}")
 
     bottom.fill_between(steps, 0, 1, where=result["liquid"], step="mid", color="tab:green", alpha=0.25,
                         transform=bottom.get_xaxis_transform(), label="Liquid")
@@ -74,27 +80,40 @@ def plot(result, path):
     bottom.set_yscale("log")
     bottom.set_xlabel("step")
     bottom.set_ylabel("norm / barrier")
-    bottom.legend(loc="upper right", framealpha=0.9)
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.08, 1), fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", nargs="?", default="results/hysterograd_moons.png")
-    ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--gpu", action="store_true", help="run the Vulkan kernels")
-    ap.add_argument("--device", default=None, help="Vulkan device selector (e.g. cpu for lavapipe)")
+    ap = make_parser(__doc__, prog="python -m benchmarks.hysterograd_moons")
+    ap.add_argument("--epochs", type=int_range(1, 10000), default=100, help="epochs (default 100)")
+    ap.add_argument("--lr", type=float_range(1e-8, 10.0), default=0.01, help="learning rate (default 0.01)")
+    ap.add_argument("--stiffening", type=float_range(0.0, 100.0), default=0.05,
+                    help="stiffening_factor (default 0.05)")
+    ap.add_argument("--device", default=None, help="run with use_gpu=True on this device (e.g. gpu, vulkan:cpu)")
+    ap.add_argument("--out", default="results", help="output folder (default: results)")
     args = ap.parse_args(argv)
-    result = run(epochs=args.epochs, use_gpu=args.gpu, device=args.device)
-    plot(result, args.out)
+    dev = {"use_gpu": False} if args.device is None else {"use_gpu": True, "device": args.device}
+    result = run(epochs=args.epochs, lr=args.lr, stiffening_factor=args.stiffening, **dev)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / "hysterograd_moons.png"
+    plot(result, png)
     first_frozen = np.flatnonzero(~result["liquid"])
-    print(f"backend {result['backend']}: {len(result['loss'])} steps, final loss {result['loss'][-10:].mean():.4g}, "
-          f"train accuracy {result['train_accuracy']:.1%}, test accuracy {result['test_accuracy']:.1%}, "
-          f"Liquid {result['liquid'].mean():.0%} of steps, first Frozen step "
-          f"{first_frozen[0] + 1 if first_frozen.size else 'none'}; figure: {args.out}")
+    row = {"backend": backend_label(result["backend"]), "steps": len(result["loss"]),
+           "final loss": float(result["loss"][-10:].mean()), "train accuracy": result["train_accuracy"],
+           "test accuracy": result["test_accuracy"], "Liquid fraction": float(result["liquid"].mean()),
+           "first Frozen step": int(first_frozen[0] + 1) if first_frozen.size else "none"}
+    md, csv = write_results(out, "hysterograd_moons", list(row), [row], title="HysteroGrad on two moons",
+                            command=command_line("benchmarks.hysterograd_moons", argv),
+                            sizes=f"two moons (1000 points, 30% test), MLP [2, 16, 16, 2], batch 64, "
+                                  f"{args.epochs} epochs, lr {args.lr}, stiffening {args.stiffening}",
+                            notes=[f"figure: {png.name}"])
+    print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    print(f"wrote {png}, {md} and {csv}")
 
 
 if __name__ == "__main__":

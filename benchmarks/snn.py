@@ -1,7 +1,8 @@
 """A leaky integrate-and-fire spiking network trained in NumPy with surrogate gradients.
 
-    python -m benchmarks.snn                     # digits, small default (about a minute)
-    python -m benchmarks.snn --epochs 30 --hidden 256 --steps 16
+    python -m benchmarks.snn                     # digits, small default (seconds)
+    python -m benchmarks.snn --epochs 30 --hidden 256 --steps 16 --seeds 3 --out results
+    python -m benchmarks.snn --device vulkan:cpu # also on a Vulkan device (use_gpu=True)
 
 Network: the 64 pixels of scikit-learn's 8x8 digits drive, as a constant current for T time steps,
 a layer of LIF neurons (v <- beta*v + I - thr*s_prev, spike s = [v > thr]), whose spikes feed a
@@ -14,14 +15,16 @@ time and APF, accuracy (%) per PFLOP of training compute, where the FLOPs are co
 forward 2*B*T*(n_in*H + H*n_out) multiply-adds for the two matrix products, backward twice that,
 plus the optimizer's per-element work (~20 FLOPs per parameter per step) -- elementwise neuron
 updates are ignored (they are O(B*T*H), small next to the products).
+
+Writes snn.md and snn.csv under --out (one row per optimizer, backend and seed).
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
+from benchmarks.cli import backend_label, command_line, float_range, int_range, make_parser, write_results
 from benchmarks.tasks import digits, softmax_cross_entropy
 
 
@@ -93,7 +96,7 @@ def run(optimizer, modulate, use_gpu, device, *, epochs, hidden, steps, batch, s
         opt = AutoHypergradientAdamW(net.params, lr=lr, track_surprise=True, warmup_steps=10,
                                      use_gpu=use_gpu, device=device)
     rng = np.random.default_rng(seed)
-    n_steps, t0, gains = 0, time.perf_counter(), []
+    n_steps, t0, gains, losses = 0, time.perf_counter(), [], []
     for _ in range(epochs):
         order = rng.permutation(len(Xtr))
         for s in range(0, len(Xtr), batch):
@@ -103,40 +106,55 @@ def run(optimizer, modulate, use_gpu, device, *, epochs, hidden, steps, batch, s
                 gain = float(opt.current_surprise_gain)
                 gains.append(gain)
                 X = X * (1 + scale * gain)
-            _, grads = net.loss_and_grads(X, ytr[idx])
+            loss, grads = net.loss_and_grads(X, ytr[idx])
             opt.step(gradients=grads)
+            losses.append(loss)
             n_steps += 1
     wall = time.perf_counter() - t0
     acc = net.accuracy(Xte, yte)
     flops = n_steps * batch * net.flops_per_example() + n_steps * 20 * net.size()
     return dict(optimizer=optimizer + (" + surprise input gain" if modulate else ""), backend=opt.backend,
                 accuracy=acc, wall_s=wall, pflops=flops / 1e15, apf=100 * acc / (flops / 1e15),
-                mean_gain=float(np.mean(gains)) if gains else 0.0, spike_rate=net.spike_rate)
+                mean_gain=float(np.mean(gains)) if gains else 0.0, spike_rate=net.spike_rate,
+                losses=np.array(losses), gains=np.array(gains))
+
+
+COLUMNS = ["optimizer", "backend", "seed", "test accuracy", "wall s", "PFLOP", "APF (%/PFLOP)", "mean gain",
+           "spike rate"]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=8, help="simulation time steps T")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--scale", type=float, default=0.5, help="surprise-gain input modulation scale")
-    ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--gpu", action="store_true", help="also run on the Vulkan backend")
-    ap.add_argument("--device", default=None)
+    ap = make_parser(__doc__, prog="python -m benchmarks.snn")
+    ap.add_argument("--epochs", type=int_range(1, 1000), default=8, help="training epochs (default 8)")
+    ap.add_argument("--hidden", type=int_range(1, 65536), default=128, help="LIF neurons (default 128)")
+    ap.add_argument("--steps", type=int_range(1, 1000), default=8, help="simulation time steps T (default 8)")
+    ap.add_argument("--batch", type=int_range(1, 1257), default=64, help="batch size (default 64)")
+    ap.add_argument("--lr", type=float_range(1e-8, 10.0), default=2e-3, help="learning rate (default 2e-3)")
+    ap.add_argument("--scale", type=float_range(0.0, 100.0), default=0.5,
+                    help="surprise-gain input modulation scale (default 0.5)")
+    ap.add_argument("--seeds", type=int_range(1, 100), default=1, help="number of seeds (default 1)")
+    ap.add_argument("--device", default=None,
+                    help="also run with use_gpu=True on this device (e.g. gpu, vulkan:cpu)")
+    ap.add_argument("--out", default="results", help="output folder for snn.md and snn.csv (default: results)")
     args = ap.parse_args(argv)
-    backends = [(False, None)] + ([(True, args.device)] if args.gpu else [])
-    print("| optimizer | backend | seed | test accuracy | wall s | PFLOP | APF (%/PFLOP) | mean gain |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    backends = [(False, None)] + ([(True, args.device)] if args.device else [])
+    rows = []
     for use_gpu, device in backends:
         for seed in range(args.seeds):
             for optimizer, modulate in (("AdamW", False), ("AutoHypergradientAdamW", False),
                                         ("AutoHypergradientAdamW", True)):
                 r = run(optimizer, modulate, use_gpu, device, epochs=args.epochs, hidden=args.hidden,
                         steps=args.steps, batch=args.batch, seed=seed, scale=args.scale, lr=args.lr)
-                print(f"| {r['optimizer']} | {r['backend'][:30]} | {seed} | {r['accuracy']:.4f} | {r['wall_s']:.2f} | "
-                      f"{r['pflops']:.2e} | {r['apf']:.3g} | {r['mean_gain']:.3f} |", flush=True)
+                rows.append({"optimizer": r["optimizer"], "backend": backend_label(r["backend"]), "seed": seed,
+                             "test accuracy": r["accuracy"], "wall s": r["wall_s"], "PFLOP": r["pflops"],
+                             "APF (%/PFLOP)": r["apf"], "mean gain": r["mean_gain"], "spike rate": r["spike_rate"]})
+                print(" | ".join(str(v) if not isinstance(v, float) else f"{v:.4g}" for v in rows[-1].values()),
+                      flush=True)
+    md, csv = write_results(args.out, "snn", COLUMNS, rows, title="LIF spiking network on digits",
+                            command=command_line("benchmarks.snn", argv),
+                            sizes=f"digits 8x8, {args.hidden} LIF neurons, T={args.steps}, batch {args.batch}, "
+                                  f"{args.epochs} epochs, lr {args.lr}, gain scale {args.scale}")
+    print(f"wrote {md} and {csv}")
 
 
 if __name__ == "__main__":

@@ -83,8 +83,9 @@ class MLP:
         return float((self.logits(X).argmax(axis=1) == y).mean())
 
 
-def train(model, opt, X, y, *, epochs, batch_size=64, seed=0, on_step=None):
-    """Minibatch training; returns the list of per-step losses.  ``on_step(loss)`` is called after each step."""
+def train(model, opt, X, y, *, epochs, batch_size=64, seed=0, on_step=None, step_kwargs=None):
+    """Minibatch training; returns the list of per-step losses.  ``on_step(loss, step's return value)``
+    is called after each step; ``step_kwargs(X_batch)`` adds keyword arguments to ``opt.step``."""
     rng = np.random.default_rng(seed)
     losses = []
     for _ in range(epochs):
@@ -92,7 +93,7 @@ def train(model, opt, X, y, *, epochs, batch_size=64, seed=0, on_step=None):
         for s in range(0, len(X), batch_size):
             idx = order[s:s + batch_size]
             loss, grads = model.loss_and_grads(X[idx], y[idx])
-            out = opt.step(gradients=grads)
+            out = opt.step(gradients=grads, **(step_kwargs(X[idx]) if step_kwargs else {}))
             losses.append(loss)
             if on_step is not None:
                 on_step(loss, out)

@@ -91,7 +91,7 @@ def _config(cls, value, key):
 
 
 def _flag(value, label):
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ValueError(f"Invalid {label}: {value!r} (expected True or False)")
 
@@ -104,6 +104,11 @@ def _choice(value, label, options):
 
 class AutoSGM(Optimizer):
     r"""AutoSGM: a first-order lowpass filter on the gradient and an iteration-dependent learning rate.
+
+    Paper: O. A. Somefun et al., "AutoSGM: A Unified Lowpass Regularization Framework for
+    Accelerated Learning", ICASSP 2024, https://openreview.net/forum?id=dHdzbKpPNc (overview:
+    https://somefunagba.github.io/asgm.html).  Code followed (upstream): https://github.com/somefunAgba/autosgm
+    (``asgm.py``).  Its windows (``rc_cfg``) are also usable alone as schedules: ``hyperopt.WindowLR``.
 
     Heavy ball, Nesterov's accelerated gradient and Adam are points of one design space: the gradient
     goes through a lowpass filter with pole ``beta_i`` and zero ``gamma_i`` (``gamma_i=0`` is Polyak's
@@ -133,7 +138,7 @@ class AutoSGM(Optimizer):
             3  e = min(F[beta_n, 0, 1-beta_n](lr_init (g/d)^2), lr_init)
 
     Configuration (keyword-only; each can be overridden per parameter group and is read every step).
-    Each ``*_cfg`` is a tuple in the seed's order (missing trailing entries take the defaults), a dict
+    Each ``*_cfg`` is a tuple in upstream's order (missing trailing entries take the defaults), a dict
     of field names, or the matching record, so these are the same::
 
         AutoSGM(ps, lr_cfg=(True, 1e-3, 2), rc_cfg=(1, 0, 0, 2, 1, 10, 500, 1, 0))
@@ -181,7 +186,7 @@ class AutoSGM(Optimizer):
 
     def __init__(self, params, *, lr_cfg=(True, 1e-2, 0), beta_cfg=(0.9999, 0.999, 0.9, 0.0, 0.0, True),
                  rc_cfg=(0, 0, 0, 2, 1, 1000, 1, 1, 0), wd_cfg=(0.0, 0), eps_cfg=(1e-10,),
-                 mix_cfg=(False, False, 1e-2, 0.95, 0.0), maximize=False, use_gpu=True, device=None):
+                 mix_cfg=(False, False, 1e-2, 0.95, 0.0), maximize=False, use_gpu="auto", device=None):
         defaults = dict(lr_cfg=lr_cfg, beta_cfg=beta_cfg, rc_cfg=rc_cfg, wd_cfg=wd_cfg, eps_cfg=eps_cfg,
                         mix_cfg=mix_cfg, maximize=maximize)
         self._windows: dict[tuple, Window] = {}
@@ -234,6 +239,7 @@ class AutoSGM(Optimizer):
 
     @property
     def state_buffers(self):
+        """The per-element buffers the groups' configurations need (the smoothed gradient at least)."""
         need = {"g_sm"} | self._keep
         for g in self.param_groups:
             nl = self._numerator(g)
@@ -275,6 +281,9 @@ class AutoSGM(Optimizer):
             self._program = self._backend.program([(autosgm_update, front)])
         self._layout = (self._backend.buffers, self._estimator)
 
+    def _param_rebound(self, i, array):
+        self._ctl_ids[i] = id(array)       # its control record follows it through later layouts
+
     def _sync_layout(self):
         """Rebuild buffers and program when the groups' settings now need a different layout."""
         if (self.state_buffers, self._estimating()) != self._layout:
@@ -289,17 +298,23 @@ class AutoSGM(Optimizer):
             tables[1][:, 0] = 0                         # control: skip parameters without a gradient
         device = {}
         cache = {}
+        steps, mixed = {}, {}
         for i, g in grads.items():
             gi = self._group_of[i]
             group = self.param_groups[gi]
             p = _data(params[i])
-            st = self._begin_state(i, p, group)
-            st["step"] += 1
-            t = st["step"]
+            st = self.state.get(i)
+            t = 1 if st is None else st["step"] + 1
             window = self._window(group["rc_cfg"])(t)
-            st["window"] = window
+            if not math.isfinite(window):
+                raise FloatingPointError(f"AutoSGM: the window of parameter {i} at step {t} is not finite; step refused")
+            steps[i] = (t, window)
             if self._takes_mix(group, p):
-                self._mix_step(p, g, group, st, t, window)
+                # the host's matrix path: computed now on copies, written after the device's run
+                if st is None:
+                    p = p.copy()
+                    self._nudge(p, group)
+                mixed[i] = self._mix_step(p, g, group, dict(st or {}), t, window)
                 continue
             device[i] = g
             key = (gi, t)
@@ -316,8 +331,18 @@ class AutoSGM(Optimizer):
             beta_n = group["beta_cfg"].beta_n
             tables[0][i] = front + (nl, lr.lr_init, beta_n, 1 - beta_n)
             tables[1][i] = (2 if nl in (1, 2, 3) else 1, window, p.size, alpha, sign)
+        self._check_tables(self._program)
+        for i in grads:
+            if i not in self.state:
+                self._begin_state(i, _data(params[i]), self.param_groups[self._group_of[i]], nudge=i in device)
         if device:   # upload_params: edits to the arrays between steps are respected on the device too
             self._backend.run(self._program, device, upload_params=True)
+        for i, (new_p, new_st) in mixed.items():
+            _data(params[i])[...] = new_p
+            self.state[i] = new_st
+        for i, (t, window) in steps.items():
+            st = self.state.setdefault(i, {})
+            st["step"], st["window"] = t, window
 
     @staticmethod
     def _front_scalars(group, t) -> tuple:
@@ -338,18 +363,20 @@ class AutoSGM(Optimizer):
         return (wd.wd, coupled, decoupled, eta_i, b_i, g_i, smooth, float(lr.aoptlr), eta_a, b_a, moment,
                 eps.eps, use_huber, 1 - b_a, huber)
 
-    def _begin_state(self, i, p, group):
-        st = self.state.get(i)
-        if st is None:
-            st = self.state[i] = {"step": 0}
-            for name in self._backend.buffers:          # state may remain from a load or an earlier layout
-                self._backend.write(name, i, 0.0)
-            self._ctl[CTL_STRIDE * i:CTL_STRIDE * (i + 1)] = 0
-            eps = group["eps_cfg"].eps
-            small = np.abs(p) < eps
-            if small.any():                             # upstream's nudge: exact zeros become eps
-                p[small] += p.dtype.type(eps)
-        return st
+    def _begin_state(self, i, p, group, nudge=True):
+        """A parameter's first step: fresh buffers and control record, and upstream's nudge."""
+        for name in self._backend.buffers:              # state may remain from a load or an earlier layout
+            self._backend.write(name, i, 0.0)
+        self._ctl[CTL_STRIDE * i:CTL_STRIDE * (i + 1)] = 0
+        if nudge:
+            self._nudge(p, group)
+
+    @staticmethod
+    def _nudge(p, group):
+        eps = group["eps_cfg"].eps
+        small = np.abs(p) < eps
+        if small.any():                                 # upstream's nudge: exact zeros become eps
+            p[small] += p.dtype.type(eps)
 
     # ------------------------------------------------------------------ the matrix path (host)
     @staticmethod
@@ -360,6 +387,8 @@ class AutoSGM(Optimizer):
         return min(rows, cols) >= _MIX_MIN and max(rows, cols) <= _MIX_MAX
 
     def _mix_step(self, p, g, group, st, t, window):
+        """The matrix path's step on a copy: returns (new parameter values, new state ``st``),
+        refused when either is not finite."""
         lr, mix, wdc, eps = group["lr_cfg"], group["mix_cfg"], group["wd_cfg"], group["eps_cfg"].eps
         dt = p.dtype.type
         w = p.reshape(p.shape[0], -1)
@@ -369,8 +398,7 @@ class AutoSGM(Optimizer):
             w, g = w.T, g.T
         x = g + dt(wdc.wd) * w if wdc.wd_lvl == 0 else g.copy()
         s = st.get("mix_sm")
-        if s is None or s.shape != x.shape:
-            s = st["mix_sm"] = np.zeros_like(x)
+        s = st["mix_sm"] = np.zeros_like(x) if s is None or s.shape != x.shape else s.copy()
         s += x                                           # F[beta, gamma, 1]: the transposed form
         v = s / dt(1.0 if t == 1 else 1 - mix.gamma)
         s *= dt(mix.beta)
@@ -390,7 +418,11 @@ class AutoSGM(Optimizer):
         else:
             alpha = mix.lr_init * window
         step = dt(alpha if group["maximize"] else -alpha) * v
-        p[...] = (w + step).T.reshape(p.shape) if flip else (w + step).reshape(p.shape)
+        new = (w + step).T.reshape(p.shape) if flip else (w + step).reshape(p.shape)
+        if not (np.isfinite(new).all() and np.isfinite(s).all()
+                and all(np.isfinite(v).all() for k, v in st.items() if k.startswith("mix_"))):
+            raise FloatingPointError("AutoSGM: the matrix path's step is not finite; step refused")
+        return new, st
 
     @staticmethod
     def _average(st, key, value):
@@ -401,11 +433,32 @@ class AutoSGM(Optimizer):
 
     # ------------------------------------------------------------------ state
     def state_of(self, p) -> dict:
+        """Everything kept for parameter ``p`` (index or array), with the per-tensor controller values."""
         out = super().state_of(p)
         i = p if isinstance(p, int) else self._index[id(p)]
         if i in self.state:
             out["lr_num"] = float(self._ctl[CTL_STRIDE * i + CTL_LR_NUM])
         return out
+
+    _state_kinds = {"step": "count", "window": "real", "lr_num": "real", "mix_sm": "array", "mix_M": "array",
+                    "mix_c": "nonneg", "mix_cw": "nonneg"}
+    _buffer_kinds = {"g_sm": "elements", "g_var": "nonneg elements", "g_mag": "nonneg elements",
+                     "wsq": "nonneg elements", "pcor": "elements", "pcx": "elements", "upd": "elements"}
+
+    def _check_state_dict(self, sd):
+        sd = super()._check_state_dict(sd)
+        params = self.params()
+        for i, entry in sd["state"].items():
+            p = _data(params[i])
+            if not any(k.startswith("mix_") for k in entry):
+                continue
+            if p.ndim < 2 or p.size == 0:
+                raise ValueError(f"state of parameter {i} has matrix-path entries, but the parameter has shape {p.shape}")
+            rows, cols = sorted((p.shape[0], p.size // p.shape[0]))   # the side with fewer rows, as _mix_step
+            for key, shape in (("mix_sm", (rows, cols)), ("mix_M", (rows, rows))):
+                if key in entry and entry[key].shape != shape:
+                    raise ValueError(f"state '{key}' of parameter {i} has shape {entry[key].shape}, expected {shape}")
+        return sd
 
     def _load_state(self, state_dict: dict) -> None:
         # make room for every buffer the dict carries before the base class writes them

@@ -7,13 +7,23 @@ import numbers
 import numpy as np
 
 from .kernels.hamiltonian import euler_costate, hamiltonian_euler
-from .optimizer import Optimizer, check_range
+from .optimizer import Optimizer, _interrupts_deferred, check_range
+from .state_checks import check_array
 
 _FLAGS = ("reset_neuron_costate", "reset_weight_costate", "local")
 
 
 class HL(Optimizer):
     r"""Hamiltonian Learning: weights follow costates that integrate the gradient of a Hamiltonian.
+
+    Paper: S. Melacci, A. Betti, M. Casoni, T. Guidi, M. Tiezzi, M. Gori, "A Unified Framework for
+    Neural Computation and Learning Over Time", https://arxiv.org/abs/2409.12038 (PMLR 277, 2025).
+    Code followed (upstream): the ``HL`` class of unaiverse,
+    https://github.com/collectionlessai/unaiverse-src (``src/unaiverse/modules/hl/hl_utils.py``).
+    Working settings: a TinySSM with 8 states (A scaled to spectral radius 0.8) learns online to
+    map (sin wk, cos wk) to 0.8 sin(wk + 0.5) with ``gamma=1, theta=0.1, beta=1`` (the defaults):
+    squared error 0.48 -> 1.4e-5 in 3000 steps (benchmarks/mechanisms.py).  HL has no learning
+    rate, so the ``hyperopt.lr_scheduler`` classes refuse it; schedule ``group['beta']`` by hand.
 
     For each model (one parameter group) with time step ``delta = model.delta`` (read every step),
     ``s = -delta * flip`` and ``theta' = -flip * theta``:
@@ -74,10 +84,11 @@ class HL(Optimizer):
     """
 
     state_buffers = ("costate",)
+    _buffer_kinds = {"costate": "elements"}
     _internal_group_keys = ("model", "names")     # kept in the groups, not hyperparameters
 
     def __init__(self, models, *, gamma=1.0, flip=-1.0, theta=0.1, beta=1.0, reset_neuron_costate=False,
-                 reset_weight_costate=False, local=True, use_gpu=True, device=None):
+                 reset_weight_costate=False, local=True, use_gpu="auto", device=None):
         defaults = dict(gamma=gamma, flip=flip, theta=theta, beta=beta, reset_neuron_costate=reset_neuron_costate,
                         reset_weight_costate=reset_weight_costate, local=local)
         self._validate_group(defaults)
@@ -169,6 +180,7 @@ class HL(Optimizer):
 
     def weight_costates(self, group: int = 0) -> dict:
         """Copies of group ``group``'s weight costates, by parameter name."""
+        self._check_open()
         start = sum(len(g["params"]) for g in self.param_groups[:group])
         g = self.param_groups[group]
         return {name: self._backend.read("costate", start + k) for k, name in enumerate(g["names"])}
@@ -180,27 +192,36 @@ class HL(Optimizer):
         Everything (gradients, ``h_grad``, each model's ``delta``, the hyperparameters) is checked
         before anything changes.
         """
+        # never a no-op: without any gradient the neuron costates still take their decay step
+        self._check_step_args(closure, gradients, other_sources=True)
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             self._validate_group(group)
         deltas = [_check_delta(g["model"]) for g in self.param_groups]
+        self._sync_params()
         grads = self._collect_gradients(self._by_name(gradients))
         h_grads = self._check_h_grads(h_grad)
+        # the neuron costates' new values, computed on copies and written with the weights' update
+        costates = []
         for gi, group in enumerate(self.param_groups):
             keep, cstep, _ = self._coefficients(group, deltas[gi])
-            euler_costate(self._xi_costates[gi], h_grads[gi], keep, cstep)
-        if grads:
-            table = self._program.tables[0]
-            for i in grads:
-                gi = self._group_of[i]
-                group = self.param_groups[gi]
-                st = self.state.get(i)
-                if st is None:
-                    st = self.state[i] = {"step": 0}
-                st["step"] += 1
-                keep, cstep, neg_wstep = self._coefficients(group, deltas[gi])
-                table[i] = (keep, cstep, neg_wstep, 0.0 if group["local"] else 1.0)
-            self._backend.run(self._program, grads)
+            p_xi = self._xi_costates[gi].copy()
+            euler_costate(p_xi, h_grads[gi], keep, cstep)
+            if not np.isfinite(p_xi).all():
+                raise FloatingPointError(f"HL: the neuron costate of group {gi} would not be finite; step refused")
+            costates.append(p_xi)
+        with _interrupts_deferred():
+            if grads:
+                table = self._program.tables[0]
+                for i in grads:
+                    gi = self._group_of[i]
+                    keep, cstep, neg_wstep = self._coefficients(self.param_groups[gi], deltas[gi])
+                    table[i] = (keep, cstep, neg_wstep, 0.0 if self.param_groups[gi]["local"] else 1.0)
+                self._run(self._program, grads, upload_params=True)
+                for i in grads:
+                    self.state.setdefault(i, {"step": 0})["step"] += 1
+            for p_xi, new in zip(self._xi_costates, costates):
+                p_xi[...] = new
         return loss
 
     @staticmethod
@@ -260,6 +281,7 @@ class HL(Optimizer):
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Clear ``.grad`` of parameter objects (if any); reset the costates the groups ask to reset."""
+        self._check_open()
         super().zero_grad(set_to_none)
         start = 0
         for gi, group in enumerate(self.param_groups):
@@ -272,25 +294,31 @@ class HL(Optimizer):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
+        """The base class's state dict, with the neuron costates and without the models."""
         sd = super().state_dict()
         for entry in sd["param_groups"]:
             entry.pop("model", None)       # the model object is the caller's, not optimizer state
         return sd
 
-    def _load_state(self, state_dict: dict) -> None:
-        groups, extra = state_dict["param_groups"], state_dict.get("extra")
-        if len(groups) == len(self.param_groups):
-            for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
-                if "names" in theirs and list(theirs["names"]) != mine["names"]:
-                    raise ValueError(f"group {gi} has parameters {theirs['names']} in the state dict, "
-                                     f"{mine['names']} in the optimizer")
-        if extra is not None:
-            for gi, (e, p_xi) in enumerate(zip(extra, self._xi_costates)):
-                if np.shape(e.get("neuron_costate")) != p_xi.shape:
-                    raise ValueError(f"neuron costate of group {gi} has shape {np.shape(e.get('neuron_costate'))}, "
-                                     f"expected {p_xi.shape}")
-        super()._load_state({**state_dict, "param_groups": [{k: v for k, v in g.items() if k != "model"}
-                                                                for g in groups]})
+    def _check_state_dict(self, sd):
+        sd = super()._check_state_dict(sd)
+        for gi, (mine, theirs) in enumerate(zip(self.param_groups, sd["param_groups"])):
+            if "model" in theirs:
+                raise ValueError(f"param group {gi} of the state dict holds a model: models are the caller's")
+            if "names" in theirs and list(theirs["names"]) != mine["names"]:
+                raise ValueError(f"group {gi} has parameters {theirs['names']} in the state dict, "
+                                 f"{mine['names']} in the optimizer")
+        return sd
+
+    def _group_extra_kinds(self):
+        return ("neuron_costate",)
+
+    def _check_group_extra(self, gi, extra):
+        if "neuron_costate" in extra:
+            p_xi = self._xi_costates[gi]
+            extra["neuron_costate"] = check_array(extra["neuron_costate"], f"neuron costate of group {gi}",
+                                                  shape=p_xi.shape, dtype=p_xi.dtype)
+        return extra
 
     def _group_extra(self):
         return [{"neuron_costate": p.copy()} for p in self._xi_costates]

@@ -28,7 +28,8 @@ from collections import deque
 from .adamw import AdamW
 from .kernels import adamw_update
 from .kernels.hypergradient import hypergradient_direction, hypergradient_reduce
-from .optimizer import check_range
+from .optimizer import check_flag, check_range
+from .state_checks import check_count, check_keys, check_real, check_reals
 
 #: A previous-direction norm at or below this is treated as "no direction yet".
 _TINY = 1e-12
@@ -52,6 +53,8 @@ class _HypergradientBase(AdamW):
     """
 
     _tracks_surprise = False
+    _state_kinds = {"step": "count", "direction_sq": "nonneg", "has_ema": "flag"}
+    _buffer_kinds = dict(AdamW._buffer_kinds, direction="elements", grad_ema="elements")
 
     def __init__(self, params, defaults, *, use_gpu, device, history_size):
         _check_history_size(history_size)
@@ -65,6 +68,7 @@ class _HypergradientBase(AdamW):
     # ------------------------------------------------------------------ layout
     @property
     def state_buffers(self):
+        """AdamW's buffers, the previous update direction and (with the surprise signal) the gradient EMA."""
         return super().state_buffers + ("direction",) + (("grad_ema",) if self._tracks_surprise else ())
 
     def _rebind(self):
@@ -96,13 +100,18 @@ class _HypergradientBase(AdamW):
     def _step(self, grads):
         if not grads:
             return
+        # Everything this step decides is staged first and committed once the update has run, so
+        # that a failure (or a refused non-finite result) leaves the optimizer at the previous step.
         members: dict[int, list[int]] = {}
+        steps = {}
         for i in sorted(grads):
-            self._begin_state(i)
+            steps[i] = self._next_step(i)
             members.setdefault(self._group_of[i], []).append(i)
         wants = {gi: self._wants_sums(gi, idx) for gi, idx in members.items()}
         surprise = self._surprise_due()
         uploaded = False
+        staged: dict[int, tuple[dict, dict]] = {}     # group index -> (new group values, new group state)
+        observed = None
         if surprise or any(w is not None for w in wants.values()):
             self._fill_reduce_table(members, wants, surprise)
             sums = self._backend.run(self._reduce, grads, download=False)[0]
@@ -110,61 +119,89 @@ class _HypergradientBase(AdamW):
             for gi, idx in members.items():
                 if wants[gi] is not None:
                     total = sums[idx].sum(axis=0)
-                    if self.param_groups[gi]["maximize"]:   # the step descends along -g
+                    group = dict(self.param_groups[gi])
+                    hyper = {k: v for k, v in self._hyper[gi].items() if not k.endswith("history")}
+                    hyper["appended"] = []
+                    if group["maximize"]:   # the step descends along -g
                         total[:2] = -total[:2]
-                    self._adapt(gi, self.param_groups[gi], total)
+                    self._adapt(gi, group, hyper, total)
+                    staged[gi] = (group, hyper)
             if surprise:
-                self._observe_surprise(sums[sorted(grads)].sum(axis=0))
+                observed = self._observe_surprise(sums[sorted(grads)].sum(axis=0))
+        self._check_staged(staged, observed)
 
         update, direction = self._update.tables
         for i in grads:
-            group = self.param_groups[self._group_of[i]]
-            st = self.state[i]
-            st["step"] += 1
-            t = st["step"]
+            gi = self._group_of[i]
+            group = staged[gi][0] if gi in staged else self.param_groups[gi]
+            t = steps[i]
             beta1, beta2 = group["betas"]
             update[i] = self._update_scalars(group, t)
             direction[i] = (1 - beta1 ** t, 1 - beta2 ** t, group["eps"], bool(group["amsgrad"]))
-        norms = self._backend.run(self._update, None if uploaded else grads, download=True)[0]
+        norms = self._run(self._update, None if uploaded else grads, download=True, upload_params=True)[0]
+
+        self._commit_steps(steps)
         for i in grads:
             self.state[i]["direction_sq"] = float(norms[i, 0])
+            if surprise:
+                self.state[i]["has_ema"] = True
+        for gi, (group, hyper) in staged.items():
+            self.param_groups[gi]["lr"] = group["lr"]
+            self.param_groups[gi]["betas"] = group["betas"]
+            for name, value in hyper.pop("appended"):
+                self._hyper[gi][name].append(value)
+            self._hyper[gi].update(hyper)
+        if observed is not None:
+            self._commit_surprise(observed)
         for gi in members:
             self._hyper[gi]["steps"] += 1
         self._steps += 1
+
+    def _check_staged(self, staged, observed):
+        values = [v for group, hyper in staged.values()
+                  for v in (group["lr"], *group["betas"], hyper["G_lr"], hyper["G_beta"])]
+        values += list((observed or {}).values())
+        if not all(math.isfinite(v) for v in values):
+            raise FloatingPointError(f"{type(self).__name__}: the adapted hyperparameters are not finite this "
+                                     "step; step refused (parameters, state and lr unchanged)")
 
     def _fill_reduce_table(self, members, wants, surprise):
         table = self._reduce.tables[0]
         for gi, idx in members.items():
             momentum = bool(wants[gi])
             for i in idx:
-                st = self.state[i]
+                st = self.state.get(i, {})
                 if surprise and st.get("has_ema"):
                     table[i] = (momentum, True, self.surprise_gamma, 1.0 - self.surprise_gamma)
                 else:   # the EMA (when on) starts at this gradient
                     table[i] = (momentum, surprise, 0.0, 1.0)
-                if surprise:
-                    st["has_ema"] = True
 
     def _prev_norm(self, gi):
         """|d|^2 of the group's previous directions (parameters without a gradient keep theirs)."""
         return math.fsum(self.state[i].get("direction_sq", 0.0) for i in self._members[gi] if i in self.state)
 
-    def _set_lr(self, gi, group, lr):
+    @staticmethod
+    def _set_lr(group, hyper, lr):
         group["lr"] = lr
-        self._hyper[gi]["lr_history"].append(lr)
+        hyper["appended"].append(("lr_history", lr))
 
     def _wants_sums(self, gi, idx):
         """None if group ``gi`` adapts nothing this step, else whether it needs <g, m> too."""
         raise NotImplementedError
 
-    def _adapt(self, gi, group, sums):
-        """Update ``group``'s hyperparameters from its sums (<g,d>, <g,m>, |g|^2, |g-ema|^2)."""
+    def _adapt(self, gi, group, hyper, sums):
+        """Update ``group``'s hyperparameters and ``hyper`` (copies of the group's values and
+        adaptation state, committed after the update) from its sums (<g,d>, <g,m>, |g|^2, |g-ema|^2)."""
         raise NotImplementedError
 
     def _surprise_due(self):
         return False
 
     def _observe_surprise(self, sums):
+        """The surprise values after this step (committed by ``_commit_surprise``)."""
+        return None
+
+    def _commit_surprise(self, observed):
         pass
 
     # ------------------------------------------------------------------ reading
@@ -190,6 +227,24 @@ class _HypergradientBase(AdamW):
                  "lr_history": list(h["lr_history"]), "beta1_history": list(h["beta1_history"])}
                 for h in self._hyper]
 
+    _EXTRA = ("steps", "G_lr", "G_beta", "lr_history", "beta1_history")
+
+    def _group_extra_kinds(self):
+        return self._EXTRA
+
+    def _check_group_extra(self, gi, e):
+        where = f"group state {gi}"
+        out = {}
+        if "steps" in e:
+            out["steps"] = check_count(e["steps"], f"{where} 'steps'")
+        for key in ("G_lr", "G_beta"):        # meta accumulators: start at 1, stay > 0
+            if key in e:
+                out[key] = check_real(e[key], f"{where} '{key}'", 0.0, low_open=True)
+        for key in ("lr_history", "beta1_history"):
+            if key in e:
+                out[key] = check_reals(e[key], f"{where} '{key}'")
+        return out
+
     def _load_group_extra(self, extra):
         for h, e, g in zip(self._hyper, extra, self.param_groups):
             h["steps"] = int(e.get("steps", 0))
@@ -201,12 +256,26 @@ class _HypergradientBase(AdamW):
     def _global_state(self):
         return {"steps": self._steps}
 
+    def _check_global_state(self, state):
+        """The optimizer-wide entries (``"hypergradient"``), checked and normalised."""
+        if "steps" in state:
+            state["steps"] = check_count(state["steps"], "hypergradient 'steps'")
+        return state
+
     def _load_global_state(self, state):
         self._steps = int(state.get("steps", 0))
 
     def state_dict(self):
+        """The base class's state dict plus ``"hypergradient"``: the adaptation state and histories."""
         sd = super().state_dict()
         sd["hypergradient"] = self._global_state()
+        return sd
+
+    def _check_state_dict(self, sd):
+        sd = super()._check_state_dict(sd)
+        allowed = tuple(self._global_state())
+        sd["hypergradient"] = self._check_global_state(
+            dict(check_keys(sd.get("hypergradient", {}), "state dict's 'hypergradient'", allowed)))
         return sd
 
     def _load_state(self, state_dict):
@@ -220,6 +289,13 @@ class _HypergradientBase(AdamW):
 
 class HypergradientAdamW(_HypergradientBase):
     r"""AdamW whose learning rate follows the hypergradient (Baydin et al., 2018).
+
+    Paper: A. G. Baydin, R. Cornish, D. Martinez Rubio, M. Schmidt, F. Wood, "Online Learning Rate
+    Adaptation with Hypergradient Descent", ICLR 2018, https://arxiv.org/abs/1703.04782 (authors'
+    code: https://github.com/gbaydin/hypergradient-descent).  Code followed (upstream):
+    grilly's ``HypergradientAdamW``, https://github.com/Grillcheese-AI/grilly (``optim/hypergradient.py``).
+    Working settings (digits MLP, benchmarks/mechanisms.py): ``lr=1e-4, beta_hyper=1e-4`` climbs
+    to lr ~ 1.7e-2 within ~30 steps and reaches the accuracy of a tuned AdamW.
 
     .. code-block:: text
 
@@ -243,36 +319,48 @@ class HypergradientAdamW(_HypergradientBase):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta_hyper=1e-7,
-                 lr_min=1e-6, lr_max=1.0, log_scale=False, use_gpu=True, device=None, *, amsgrad=False,
-                 maximize=False, history_size=10000):
+                 lr_min=1e-6, lr_max=1.0, log_scale=False, *, amsgrad=False, maximize=False,
+                 history_size=10000, use_gpu="auto", device=None):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, beta_hyper=beta_hyper, lr_min=lr_min, lr_max=lr_max,
-                        log_scale=bool(log_scale))
+                        log_scale=log_scale)
         super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size)
 
     def _validate_group(self, group):
         super()._validate_group(group)
         check_range("beta_hyper", group["beta_hyper"], 0, label="beta_hyper value")
         self._validate_lr_range(group)
-        if group["log_scale"]:
+        check_flag("log_scale", group["log_scale"])
+        if group["log_scale"]:   # the adaptation works on log(lr)
             check_range("lr_min", group["lr_min"], 0, low_open=True, label="lr_min value (log_scale needs lr_min > 0)")
 
     def _wants_sums(self, gi, idx):
-        return False if any(self.state[i]["step"] >= 1 for i in idx) else None
+        return False if any(i in self.state and self.state[i]["step"] >= 1 for i in idx) else None
 
-    def _adapt(self, gi, group, sums):
+    def _adapt(self, gi, group, hyper, sums):
         h = float(sums[0])
         lr = group["lr"]
         low, high = group["lr_min"], group["lr_max"]
-        if group["log_scale"]:   # clipped in log space first so that exp cannot overflow
-            lr = math.exp(min(max(math.log(lr) + group["beta_hyper"] * h, math.log(low)), math.log(high)))
+        if group["log_scale"]:   # clipped in log space first so that exp cannot overflow (log 0 = -inf)
+            log_lr = math.log(lr) if lr > 0 else -math.inf
+            lr = math.exp(min(max(log_lr + group["beta_hyper"] * h, math.log(low)), math.log(high)))
         else:
             lr = lr + group["beta_hyper"] * h
-        self._set_lr(gi, group, min(max(lr, low), high))
+        self._set_lr(group, hyper, min(max(lr, low), high))
 
 
 class AutoHypergradientAdamW(_HypergradientBase):
     r"""AdamW with a self-scaled hypergradient on lr (and optionally beta1), plus a surprise signal.
+
+    Papers: hypergradient descent (Baydin et al., ICLR 2018, https://arxiv.org/abs/1703.04782) and
+    its analysis and stabilisation as HDM in the online-scaled-gradient (OSGM) line of work: Y.-C. Chu,
+    W. Gao, Y. Ye, M. Udell, "Provable and Practical Online Learning Rate Adaptation with
+    Hypergradient Descent", https://arxiv.org/abs/2502.11229.  Code followed (upstream): grilly's
+    ``AutoHypergradientAdamW``, https://github.com/Grillcheese-AI/grilly (``optim/hypergradient.py``).
+    Working settings (digits MLP, benchmarks/mechanisms.py): from ``lr=1e-4`` with the defaults
+    (``hyper_lr=0.01``) and ``adapt_momentum=True``, lr rises to ~5e-3 (at most 10 % per step)
+    while beta1 settles near 0.885; ``track_surprise=True`` feeds the spiking-network input gain
+    of benchmarks/snn.py.
 
     .. code-block:: text
 
@@ -313,7 +401,8 @@ class AutoHypergradientAdamW(_HypergradientBase):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, hyper_lr=0.01,
                  hyper_lr_beta=1.0, lr_min=1e-6, lr_max=1.0, adapt_momentum=False, track_surprise=False,
                  surprise_gamma=0.9, surprise_alpha=0.1, trauma_threshold=0.5, beta_min=0.5, beta_max=0.9995,
-                 warmup_steps=10, use_gpu=True, device=None, *, amsgrad=False, maximize=False, history_size=10000):
+                 warmup_steps=10, *, amsgrad=False, maximize=False, history_size=10000, use_gpu="auto", device=None):
+        check_flag("track_surprise", track_surprise)
         check_range("surprise_gamma", surprise_gamma, 0, 1, label="surprise_gamma value")
         check_range("surprise_alpha", surprise_alpha, 0, 1, label="surprise_alpha value")
         check_range("trauma_threshold", trauma_threshold, 0, low_open=True, label="trauma_threshold value")
@@ -323,13 +412,14 @@ class AutoHypergradientAdamW(_HypergradientBase):
         self.trauma_threshold = float(trauma_threshold)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, hyper_lr=hyper_lr, hyper_lr_beta=hyper_lr_beta, lr_min=lr_min,
-                        lr_max=lr_max, adapt_momentum=bool(adapt_momentum), beta_min=beta_min,
+                        lr_max=lr_max, adapt_momentum=adapt_momentum, beta_min=beta_min,
                         beta_max=beta_max, warmup_steps=warmup_steps)
         super().__init__(params, defaults, use_gpu=use_gpu, device=device, history_size=history_size)
         self._reset_surprise()
 
     @property
     def track_surprise(self):
+        """Whether the surprise signal is computed (``track_surprise=True`` at construction)."""
         return self._tracks_surprise
 
     def _reset_surprise(self):
@@ -345,6 +435,7 @@ class AutoHypergradientAdamW(_HypergradientBase):
         check_range("hyper_lr", group["hyper_lr"], 0, label="hyper_lr value")
         check_range("hyper_lr_beta", group["hyper_lr_beta"], 0, label="hyper_lr_beta value")
         self._validate_lr_range(group)
+        check_flag("adapt_momentum", group["adapt_momentum"])
         check_range("beta_min", group["beta_min"], 0, 1, high_open=True, label="beta_min value")
         check_range("beta_max", group["beta_max"], group["beta_min"], 1, high_open=True, label="beta_max value")
         w = group["warmup_steps"]
@@ -358,8 +449,7 @@ class AutoHypergradientAdamW(_HypergradientBase):
             return None
         return bool(group["adapt_momentum"])
 
-    def _adapt(self, gi, group, sums):
-        hyper = self._hyper[gi]
+    def _adapt(self, gi, group, hyper, sums):
         norm = self._prev_norm(gi)
         h = min(max(-float(sums[0]) / norm, -1.0), 1.0)
         hyper["G_lr"] = _META_DECAY * hyper["G_lr"] + (1 - _META_DECAY) * h * h
@@ -368,7 +458,7 @@ class AutoHypergradientAdamW(_HypergradientBase):
         limit = _MAX_LR_CHANGE * lr
         if abs(target - lr) > limit:
             target = lr + math.copysign(limit, target - lr)
-        self._set_lr(gi, group, min(max(target, group["lr_min"]), group["lr_max"]))
+        self._set_lr(group, hyper, min(max(target, group["lr_min"]), group["lr_max"]))
         if group["adapt_momentum"]:
             hb = min(max(float(sums[1]) / norm, -1.0), 1.0)
             hyper["G_beta"] = _META_DECAY * hyper["G_beta"] + (1 - _META_DECAY) * hb * hb
@@ -376,7 +466,7 @@ class AutoHypergradientAdamW(_HypergradientBase):
             beta1 -= group["hyper_lr_beta"] * hb / (math.sqrt(hyper["G_beta"]) + _TINY)
             beta1 = min(max(beta1, group["beta_min"]), group["beta_max"])
             group["betas"] = (beta1, beta2)
-            hyper["beta1_history"].append(beta1)
+            hyper["appended"].append(("beta1_history", beta1))
 
     # ------------------------------------------------------------------ surprise
     def _surprise_due(self):
@@ -386,12 +476,17 @@ class AutoHypergradientAdamW(_HypergradientBase):
         gamma, alpha = self.surprise_gamma, self.surprise_alpha
         norm_sq, error_sq = float(sums[2]), float(sums[3])
         if self._var_ema == 0.0 and self._steps == self.defaults["warmup_steps"]:
-            self._var_ema = norm_sq
+            var_ema = norm_sq
         else:
-            self._var_ema = gamma * self._var_ema + (1 - gamma) * norm_sq
-        self._surprise = math.tanh(error_sq / (self._var_ema + _TINY))
-        self._s_bar = alpha * self._surprise + (1 - alpha) * self._s_bar
-        self._gain = self._s_bar * math.exp(-self._s_bar / self.trauma_threshold)
+            var_ema = gamma * self._var_ema + (1 - gamma) * norm_sq
+        surprise = math.tanh(error_sq / (var_ema + _TINY))
+        s_bar = alpha * surprise + (1 - alpha) * self._s_bar
+        gain = s_bar * math.exp(-s_bar / self.trauma_threshold)
+        return {"var_ema": var_ema, "surprise": surprise, "s_bar": s_bar, "gain": gain}
+
+    def _commit_surprise(self, observed):
+        self._var_ema, self._surprise = observed["var_ema"], observed["surprise"]
+        self._s_bar, self._gain = observed["s_bar"], observed["gain"]
         self._surprise_history.append(self._surprise)
         self._s_bar_history.append(self._s_bar)
 
@@ -417,16 +512,28 @@ class AutoHypergradientAdamW(_HypergradientBase):
 
     @property
     def surprise_history(self):
+        """The surprise signal of recent steps (oldest first, at most ``history_size``)."""
         return list(self._surprise_history)
 
     @property
     def s_bar_history(self):
+        """The running mean of the surprise signal at recent steps (oldest first)."""
         return list(self._s_bar_history)
 
     def _global_state(self):
         return dict(super()._global_state(), var_ema=self._var_ema, surprise=self._surprise, s_bar=self._s_bar,
                     gain=self._gain, surprise_history=list(self._surprise_history),
                     s_bar_history=list(self._s_bar_history))
+
+    def _check_global_state(self, state):
+        state = super()._check_global_state(state)
+        for key in ("var_ema", "surprise", "s_bar", "gain"):
+            if key in state:
+                state[key] = check_real(state[key], f"hypergradient '{key}'", 0.0)
+        for key in ("surprise_history", "s_bar_history"):
+            if key in state:
+                state[key] = check_reals(state[key], f"hypergradient '{key}'")
+        return state
 
     def _load_global_state(self, state):
         super()._load_global_state(state)

@@ -1,6 +1,6 @@
 """HCNaturalGrad: gradient preconditioning by the covariance of model state branches.
 
-Two ways to use it (see the class docstring): the seed's functional interface over a dict of
+Two ways to use it (see the class docstring): upstream's functional interface over a dict of
 parameters (float64, on the host, reproducing upstream's trajectories and random stream bit for bit),
 and the ordinary optimizer over a list of arrays, whose two large products run on the backend.
 The helpers the functional interface rests on (``flatten_params``, ``deflatten_params``,
@@ -8,7 +8,6 @@ The helpers the functional interface rests on (``flatten_params``, ``deflatten_p
 """
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 
@@ -17,10 +16,10 @@ import numpy as np
 from .kernels.natural_grad import (WIDTH, element_keys, hash_stream, natural_grad_expand,
                                    natural_grad_hash_expand, natural_grad_hash_project,
                                    natural_grad_project, natural_grad_store)
-from .optimizer import Optimizer, _data, check_range
+from .optimizer import Optimizer, _data, _interrupts_deferred, check_range
+from .state_checks import check_count, check_keys, check_real
 
 CG_TOL = 1e-6          # upstream's fixed tolerance on the residual norm
-_UNSET = object()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -98,18 +97,28 @@ def check_branches(branches) -> np.ndarray:
     return B
 
 
-def _hyperparameters(lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None, seed=12345, *,
-                     branches=_UNSET, projection=_UNSET, use_gpu=_UNSET, device=_UNSET):
-    return locals()
-
-
-_SIGNATURE = inspect.signature(_hyperparameters)
-
-
 # ---------------------------------------------------------------------------------------------- optimizer
 class HCNaturalGrad(Optimizer):
     r"""HyperCausal natural gradient: precondition by the covariance of state branches, through a
     random projection between parameter space and state space.
+
+    Source: the ``HCNaturalGrad`` of qml-hcs (QML-HCS, "Quantum Machine Learning Hypercausal
+    System"), PyPI ``qml-hcs==0.2.0`` (https://pypi.org/project/qml-hcs/), module
+    ``qmlhc/optim/numpy_optim/natural_grad.py``; the GitHub repository
+    (https://github.com/Neureonmindflux-Research-Lab/qml-hcs) does not contain it.  That wheel is
+    the upstream code this class follows; there is no paper for the optimizer.
+
+    **What the branches are.**  ``branches`` is a K x D matrix: K samples of a D-dimensional state
+    of the model, whose covariance C weights the step.  For an ordinary network, a meaningful
+    choice is a hidden layer's mean activation under K forward passes of the batch with input noise
+    (benchmarks/train.py ``noisy_hidden_branches``: K=8, noise 0.1, D = the layer width): C says
+    how much the hidden state moves under perturbation.  Working settings on the digits MLP
+    [64, 64, 10]: ``lr=0.02, fisher_damp=0.1, projection="hash"`` reaches 93 % test accuracy
+    in 10 epochs, against 84 % for the same lr without branches (the step P (C + damp I)^-1 P^T g
+    is up to 1/damp larger, in a random rank-D subspace) and 95 % for tuned plain descent
+    (lr 0.5), in benchmarks/mechanisms.py; with damp 0.1, lr 0.1 stalls (78 %) and lr 0.5
+    diverges (15 epochs, measured while choosing these settings).  **Without
+    branches the step is plain gradient descent** ``theta -= lr * g``.
 
     .. code-block:: text
 
@@ -124,7 +133,7 @@ class HCNaturalGrad(Optimizer):
     but its rank is at most D and it is scaled by up to ``1/fisher_damp`` along low-variance state
     directions: upstream's defaults (damping 1e-3) can raise the loss; damping ~0.1 descends.
 
-    **Functional form** (the seed's interface, float64 on the host, bit for bit upstream's numbers
+    **Functional form** (upstream's interface, float64 on the host, bit for bit upstream's numbers
     and random stream)::
 
         opt = HCNaturalGrad(lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None, seed=12345)
@@ -135,7 +144,7 @@ class HCNaturalGrad(Optimizer):
     context)``, when given, replaces ``context["grads"]``.  The step returns new arrays and the state
     ``{"steps", "precond_norm"}``.
 
-    **Ordinary form** (a first positional argument that is not a number is the parameter list)::
+    **Ordinary form** (the first argument is the parameter list)::
 
         opt = HCNaturalGrad([W, b], lr=0.05, fisher_damp=0.1, use_gpu=True)
         opt.step(gradients=[gW, gb], branches=B)             # in place; branches=None: plain descent
@@ -168,51 +177,41 @@ class HCNaturalGrad(Optimizer):
     missing gradient key raises ValueError (upstream: KeyError); hyperparameters are validated.
     """
 
-    def __init__(self, *args, **kwargs):
-        """``HCNaturalGrad(lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None, seed=12345)``
-        or ``HCNaturalGrad(params, lr=..., fisher_damp=..., cg_iters=..., clip=..., seed=..., *,
-        branches=None, projection="numpy", use_gpu=True, device=None)``."""
-        if "params" in kwargs:
-            params, rest = kwargs.pop("params"), args
-        elif args and not (args[0] is None or isinstance(args[0], numbers.Real)):
-            params, rest = args[0], args[1:]
-        else:
-            params, rest = None, args
-        try:
-            cfg = _SIGNATURE.bind(*rest, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"HCNaturalGrad: {exc}") from None
-        cfg.apply_defaults()
-        cfg = dict(cfg.arguments)
-        hyper = {k: cfg[k] for k in ("lr", "fisher_damp", "cg_iters", "clip")}
+    def __init__(self, params=None, lr=5e-3, fisher_damp=1e-3, cg_iters=8, clip=None, grad_estimator=None,
+                 seed=12345, *, branches=None, projection="numpy", use_gpu="auto", device=None):
+        """``HCNaturalGrad(params, lr=..., ...)`` over a list of arrays (or parameter groups); without
+        ``params`` (``HCNaturalGrad(lr=..., ...)``) the functional interface (``step_params``)."""
+        if isinstance(params, numbers.Number):
+            raise TypeError(f"HCNaturalGrad: the first argument is the parameter list, got the number {params!r}; "
+                            "for the functional interface pass the hyperparameters by keyword: HCNaturalGrad(lr=...)")
+        hyper = dict(lr=lr, fisher_damp=fisher_damp, cg_iters=cg_iters, clip=clip)
         self._validate_group(hyper)
-        self._rng = np.random.default_rng(cfg["seed"])
-        self._seed_word = _seed_word(cfg["seed"])
+        self._rng = np.random.default_rng(seed)
+        self._seed_word = _seed_word(seed)
         self._functional = params is None
         if self._functional:
-            extra = [k for k in ("branches", "projection", "use_gpu", "device") if cfg[k] is not _UNSET]
+            given = {"branches": branches is not None, "projection": projection != "numpy",
+                     "use_gpu": not (isinstance(use_gpu, str) and use_gpu == "auto"), "device": device is not None}
+            extra = [k for k, v in given.items() if v]
             if extra:
                 raise TypeError(f"HCNaturalGrad: {', '.join(extra)} only apply when constructed over parameters "
                                 "(the functional interface runs in float64 on the host)")
-            self.lr, self.fisher_damp = float(hyper["lr"]), float(hyper["fisher_damp"])
-            self.cg_iters, self.clip = int(hyper["cg_iters"]), hyper["clip"]
-            self.grad_estimator = cfg["grad_estimator"]
+            self.lr, self.fisher_damp = float(lr), float(fisher_damp)
+            self.cg_iters, self.clip = int(cg_iters), clip
+            self.grad_estimator = grad_estimator
             self.defaults, self.param_groups, self.state = dict(hyper), [], {}
             self._state = {}
             return
-        if cfg["grad_estimator"] is not None:
+        if grad_estimator is not None:
             raise TypeError("HCNaturalGrad: grad_estimator belongs to the functional interface (step_params); "
                             "pass gradients to step() instead")
-        projection = "numpy" if cfg["projection"] is _UNSET else cfg["projection"]
         if projection not in ("numpy", "hash"):
             raise ValueError(f"Invalid projection: {projection!r} (expected 'numpy' or 'hash')")
         self.projection = projection
-        branches = None if cfg["branches"] is _UNSET else cfg["branches"]
         self.branches = None if branches is None else check_branches(branches)
         self._n_proj = self.branches.shape[1] if (self.branches is not None and projection == "numpy") else 0
         self._hash_step = 0
-        super().__init__(params, hyper, use_gpu=True if cfg["use_gpu"] is _UNSET else cfg["use_gpu"],
-                         device=None if cfg["device"] is _UNSET else cfg["device"])
+        super().__init__(params, hyper, use_gpu=use_gpu, device=device)
 
     # ------------------------------------------------------------------ validation and layout
     def _validate_group(self, group):
@@ -226,6 +225,7 @@ class HCNaturalGrad(Optimizer):
 
     @property
     def state_buffers(self):
+        """``("key",)`` with the hash projection, else the D stored projection columns ``proj0..``."""
         if getattr(self, "projection", "numpy") == "hash":
             return ("key",)
         return tuple(f"proj{j}" for j in range(getattr(self, "_n_proj", 0)))
@@ -259,29 +259,39 @@ class HCNaturalGrad(Optimizer):
 
     # ------------------------------------------------------------------ ordinary interface
     def step(self, closure=None, gradients=None, branches=None):
-        """One step; ``branches`` (K x D) defaults to the constructor's; returns the closure's loss."""
+        """One step; returns the closure's loss (None without a closure).
+
+        ``gradients`` takes the forms of ``Optimizer.step``; ``branches`` (K x D, see the class
+        docstring) defaults to the constructor's; with neither, the step is plain gradient descent.
+        """
         if self._functional:
             raise TypeError("this HCNaturalGrad was built without parameters: use step_params(model, params, "
                             "context), or construct it as HCNaturalGrad(params, ...)")
+        self._check_step_args(closure, gradients)
         B = check_branches(branches) if branches is not None else self.branches
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             self._validate_group(group)
+        self._sync_params()
         grads = self._collect_gradients(gradients)
         if grads:
-            self._step(grads, B)
+            rng = self._rng.bit_generator.state
+            with _interrupts_deferred():
+                try:
+                    self._step(grads, B)
+                except BaseException:
+                    self._rng.bit_generator.state = rng      # a refused step draws nothing
+                    raise
         return loss
 
     def _step(self, grads, B=None):
-        for i in grads:
-            st = self.state.setdefault(i, {"step": 0})
-            st["step"] += 1
         if B is None:
             table = self._descent.tables[0]
             for i in grads:
                 group = self.param_groups[self._group_of[i]]
                 table[i] = (-group["lr"], 0.0, 0.0, 0.0, 1.0) + _clip_fields(group, True)
-            self._backend.run(self._descent, grads)
+            self._run(self._descent, grads, upload_params=True)
+            self._count_steps(grads)
             return
         C = cov_empirical(B)
         D = C.shape[0]
@@ -307,9 +317,8 @@ class HCNaturalGrad(Optimizer):
                     a = _data(p)
                     self._backend.write("key", i, element_keys(a.size).reshape(a.shape))
                 self._keys_ready = True
-            self._hash_step += 1
             scale = 1.0 / math.sqrt(D)
-            streams = {(i, j0): hash_stream(self._seed_word, self._hash_step, i, j0 // 32)
+            streams = {(i, j0): hash_stream(self._seed_word, self._hash_step + 1, i, j0 // 32)
                        for i in active for j0, _ in blocks}
         for d, (j0, n) in enumerate(blocks):
             table = project.tables[d]
@@ -326,6 +335,9 @@ class HCNaturalGrad(Optimizer):
             damp = float(group["fisher_damp"])
             v = cg_solve(lambda z, C=C, damp=damp: C @ z + damp * z, g_state, iters=int(group["cg_iters"]), tol=CG_TOL)
             coef[gi] = -float(group["lr"]) * v * scale
+            if not np.isfinite(coef[gi]).all():
+                raise FloatingPointError(f"HCNaturalGrad: the preconditioned step of group {gi} is not finite "
+                                         "(try a larger fisher_damp); step refused")
         for d, (j0, n) in enumerate(blocks):
             table = expand.tables[d]
             last = d == len(blocks) - 1
@@ -334,42 +346,89 @@ class HCNaturalGrad(Optimizer):
                 c = list(coef[self._group_of[i]][j0:j0 + n]) + [0.0] * (WIDTH - n)
                 clip = _clip_fields(group, last)
                 table[i] = tuple(c) + (n,) + clip if streams is None else (streams[i, j0], j0 % 32, n) + tuple(c) + clip
-        self._backend.run(expand, None, download=True)
+        self._run(expand, None, download=True, upload_params=True)
+        self._count_steps(grads)
+        if streams is not None:
+            self._hash_step += 1
+
+    def _count_steps(self, grads):
+        for i in grads:
+            st = self.state.setdefault(i, {"step": 0})
+            st["step"] += 1
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
+        """The optimizer's state; also the position in its random stream (``rng`` for the NumPy
+        projection, ``seed_word`` and ``hash_step`` for the hash projection), so a resumed run draws
+        the same projections as an uninterrupted one."""
         if self._functional:
-            return {"functional": True, "state": dict(self._state), "rng": self._rng.bit_generator.state,
+            return {"optimizer": type(self).__name__, "functional": True, "state": dict(self._state),
+                    "rng": self._rng.bit_generator.state,
                     "hyper": dict(lr=self.lr, fisher_damp=self.fisher_damp, cg_iters=self.cg_iters, clip=self.clip)}
         sd = super().state_dict()
         for entry in sd["state"].values():      # projections and keys are scratch, regenerated each step
             for name in self.state_buffers:
                 entry.pop(name, None)
+        sd["functional"] = False
         sd["rng"] = self._rng.bit_generator.state
+        sd["seed_word"] = self._seed_word
         sd["hash_step"] = self._hash_step
+        return sd
+
+    def _check_state_dict(self, sd):
+        self._check_made_by(sd)
+        if bool(sd.get("functional")) != self._functional:
+            raise ValueError("state dict comes from " + ("an HCNaturalGrad over parameters, this one is functional"
+                                                         if self._functional else
+                                                         "a functional HCNaturalGrad, this one is built over parameters"))
+        if self._functional:
+            check_keys(sd, "state dict", ("optimizer", "functional", "state", "rng", "hyper"),
+                       ("state", "rng", "hyper"))
+            hyper = dict(check_keys(sd["hyper"], "state dict's 'hyper'", ("lr", "fisher_damp", "cg_iters", "clip"),
+                                    ("lr", "fisher_damp", "cg_iters", "clip")))
+            self._validate_group(hyper)
+            state = check_keys(sd["state"], "state dict's 'state'", ("steps", "precond_norm"))
+            if "steps" in state:
+                state["steps"] = check_count(state["steps"], "state 'steps'")
+            if "precond_norm" in state:
+                state["precond_norm"] = check_real(state["precond_norm"], "state 'precond_norm'", 0.0)
+            _check_rng(sd["rng"], self._rng)
+            return sd
+        extra = {k: sd.pop(k) for k in ("functional", "rng", "seed_word", "hash_step") if k in sd}
+        missing = [k for k in ("rng", "hash_step") if k not in extra]
+        if missing:
+            raise ValueError(f"state dict lacks {missing}")
+        sd = super()._check_state_dict(sd)
+        _check_rng(extra["rng"], self._rng)
+        sd["rng"] = extra["rng"]
+        sd["hash_step"] = check_count(extra["hash_step"], "state dict's 'hash_step'")
+        if "seed_word" in extra:
+            word = check_count(extra["seed_word"], "state dict's 'seed_word'")
+            if word >= 2 ** 32:
+                raise ValueError(f"state dict's 'seed_word' must be a 32-bit word, got {word}")
+            sd["seed_word"] = word
         return sd
 
     def _load_state(self, state_dict):
         if self._functional:
-            if not state_dict.get("functional"):
-                raise ValueError("state dict comes from an HCNaturalGrad over parameters, this one is functional")
-            self._validate_group(state_dict["hyper"])
             self._rng.bit_generator.state = state_dict["rng"]
             self._state = dict(state_dict["state"])
             for k, v in state_dict["hyper"].items():
                 setattr(self, k, v)
             return
-        if state_dict.get("functional"):
-            raise ValueError("state dict comes from a functional HCNaturalGrad, this one is built over parameters")
+        self._keys_ready = False    # the base class clears every buffer, the hash keys included
         super()._load_state(state_dict)
         self._rng.bit_generator.state = state_dict["rng"]
-        self._hash_step = int(state_dict.get("hash_step", 0))
+        self._seed_word = state_dict.get("seed_word", self._seed_word)
+        self._hash_step = state_dict["hash_step"]
 
     @property
     def backend(self) -> str:
+        """Which backend runs the steps (the functional form is always float64 NumPy on the host)."""
         return "numpy (functional, float64)" if self._functional else super().backend
 
     def close(self) -> None:
+        """Release device memory now (nothing to release for the functional form)."""
         if not self._functional:
             super().close()
 
@@ -441,3 +500,15 @@ def _seed_word(seed) -> int:
     if isinstance(seed, numbers.Integral):
         return int(seed) & 0xFFFFFFFF
     return int(np.random.default_rng(seed).integers(0, 2**32))
+
+
+def _check_rng(state, rng):
+    """A saved bit-generator state of the same kind as ``rng``'s, checked by NumPy on a scratch generator."""
+    own = rng.bit_generator.state
+    if not isinstance(state, dict) or state.get("bit_generator") != own["bit_generator"]:
+        raise ValueError(f"state dict's 'rng' must be the state of a {own['bit_generator']} generator")
+    scratch = type(rng.bit_generator)()
+    try:
+        scratch.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ValueError(f"state dict's 'rng' is not a valid {own['bit_generator']} state: {exc}") from None

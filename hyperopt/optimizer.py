@@ -7,8 +7,19 @@ writing ``group['lr']`` takes effect).  Per-parameter scalar state (step counter
 metrics) lives in the backend, on the device for the Vulkan path, and ``state_of(p)`` returns all of
 it as NumPy arrays.
 
+``state_dict()`` is plain data (by parameter index) and ``load_state_dict`` checks every entry before
+anything changes; ``hyperopt.save``/``hyperopt.load`` (``checkpoint.py``) put it in a file without
+pickle.  Optimizers themselves are neither pickled nor copied (they hold the caller's arrays and
+device resources): the error says to use those two.
+
 Subclasses declare ``state_buffers`` (per-element state, zero-initialised) and implement
 ``_step(grads)`` with ``grads`` a dict ``{index: float array}`` of checked gradients.
+
+The caller's arrays are the truth.  Every step starts from the parameter arrays as they are then:
+edits in place, ``p.data = new_array`` and a replaced entry of ``param_groups[g]['params']`` (same
+shape and dtype: the state is kept) are all seen, on every backend (the Vulkan path uploads the
+parameters with each step).  A step is all or nothing: everything is checked first, step
+counters move only with the update, and Ctrl-C during the update is raised once it is complete.
 """
 from __future__ import annotations
 
@@ -16,12 +27,23 @@ import copy
 import functools
 import math
 import numbers
-import pickle
+import signal
 import threading
 
 import numpy as np
 
 from .backends import fit_backend, select_backend
+from .state_checks import check_entry, check_keys, plain_copy
+
+#: why an optimizer is not pickled or copied, and what to use instead
+_NO_COPY = ("{} objects cannot be {}: an optimizer is bound to the caller's parameter arrays and to device "
+            "resources.  Save a checkpoint with hyperopt.save(optimizer, path) and restore it into a new optimizer "
+            "over the same parameters with hyperopt.load(optimizer, path) (or use state_dict()/load_state_dict()).")
+
+try:
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds
+except ImportError:       # NumPy < 2
+    _byte_bounds = np.byte_bounds
 
 
 def _data(p) -> np.ndarray:
@@ -61,8 +83,7 @@ class Optimizer:
     #: group keys that are bookkeeping, not hyperparameters (left out of ``repr``)
     _internal_group_keys: tuple[str, ...] = ()
 
-    def __init__(self, params, defaults: dict, *, use_gpu: bool = False, device: str | None = None):
-        self._lock = threading.RLock()
+    def __init__(self, params, defaults: dict, *, use_gpu="auto", device=None):
         self.defaults = dict(defaults)
         self.state: dict[int, dict] = {}
         self.param_groups: list[dict] = []
@@ -83,10 +104,14 @@ class Optimizer:
         return self._backend.name
 
     def params(self) -> list:
+        """Every parameter, in group order: position ``i`` here is the index used by ``state_dict()``."""
         return [p for g in self.param_groups for p in g["params"]]
 
     @_serialised
     def add_param_group(self, group: dict) -> None:
+        """Add a group ``{"params": [...], <hyperparameter overrides>}``; missing keys take the defaults."""
+        self._check_open()
+        self._sync_params()          # arrays rebound since the last step keep their state
         self._add_group(group, rebind=True)
 
     def _add_group(self, group, rebind):
@@ -102,11 +127,11 @@ class Optimizer:
         seen = {id(p) for p in self.params()}
         for p in ps:
             a = _data(p)
-            if a.dtype.kind != "f":
-                raise TypeError(f"can only optimize floating-point arrays, got dtype {a.dtype}")
+            _check_param_array(a, "parameter")
             if id(p) in seen:
                 raise ValueError("some parameters appear in more than one parameter group")
             seen.add(id(p))
+        _check_no_aliasing([_data(p) for p in self.params()], [_data(p) for p in ps])
         group["params"] = ps
         for key, value in self.defaults.items():
             group.setdefault(key, value)
@@ -121,11 +146,67 @@ class Optimizer:
                 raise
 
     def _rebind(self):
-        arrays = [_data(p) for p in self.params()]
+        if getattr(self, "_arrays", None) is not None:
+            self._sync_params(prefix=True)   # the backend carries state over by array identity
+        params = self.params()
+        arrays = [_data(p) for p in params]
         self._backend = fit_backend(self._backend, arrays)    # e.g. float64 on a device without shaderFloat64
         self._backend.bind(arrays, self.state_buffers)
-        self._index = {id(p): i for i, p in enumerate(self.params())}
+        self._track(params, arrays)
         self._group_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+
+    # ------------------------------------------------------------------ the caller's arrays
+    def _track(self, params, arrays):
+        """Remember which objects and arrays the backend holds (``_sync_params`` compares)."""
+        self._param_objs = list(params)
+        self._arrays = list(arrays)
+        self._shapes = [a.shape for a in arrays]
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self._roots = {id(_root(a)) for a in arrays}
+
+    def _sync_params(self, prefix=False):
+        """Adopt the arrays the caller holds now: ``p.data = new_array`` or a replaced entry of
+        ``param_groups[g]['params']``.  A new array of the same shape and dtype takes the place of
+        the old one (the state is kept); anything else is refused before anything changes.
+        (``prefix``: only the parameters the backend already holds, during a layout change.)"""
+        objs, arrays, shapes = self._param_objs, self._arrays, self._shapes
+        params = [p for g in self.param_groups for p in g["params"]]
+        n = min(len(objs), len(params)) if prefix else len(objs)
+        if len(params) != n and not prefix:
+            raise ValueError(f"the optimizer holds {n} parameters but param_groups now list {len(params)}: "
+                             "add parameters with add_param_group(), never by editing a group's list")
+        changed = []
+        for i in range(n):
+            p = params[i]
+            a = p if type(p) is np.ndarray else _data(p)
+            if a is not arrays[i] or p is not objs[i]:
+                changed.append((i, p, a))
+            elif a.shape != shapes[i]:
+                raise ValueError(f"parameter {i} was reshaped in place from {shapes[i]} to {a.shape}; "
+                                 "the optimizer's state has the old shape")
+            elif not a.flags.writeable:
+                raise ValueError(f"parameter {i} (shape {a.shape}) is read-only: the optimizer updates it in place")
+        if not changed:
+            return
+        for i, p, a in changed:
+            old = arrays[i]
+            _check_param_array(a, f"parameter {i}")
+            if a.shape != old.shape or a.dtype != old.dtype:
+                raise ValueError(f"parameter {i} was rebound to an array of shape {a.shape} and dtype {a.dtype}, "
+                                 f"but the optimizer holds state for shape {old.shape} and dtype {old.dtype}: "
+                                 "rebind to an array of the same shape and dtype, or build a new optimizer")
+        new_arrays = list(arrays)
+        for i, _, a in changed:
+            new_arrays[i] = a
+        _check_no_aliasing([], new_arrays)
+        for i, p, a in changed:
+            if a is not arrays[i]:
+                self._backend.set_param(i, a)
+                self._param_rebound(i, a)
+        self._track(params, new_arrays + [_data(p) for p in params[n:]])
+
+    def _param_rebound(self, i, array) -> None:
+        """Parameter i now lives in ``array`` (override to re-key anything kept by array identity)."""
 
     def _validate_group(self, group: dict) -> None:
         """Raise ValueError for an out-of-range hyperparameter (override per optimizer)."""
@@ -148,6 +229,10 @@ class Optimizer:
 
     # ------------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear ``.grad`` on parameter objects: set it to None, or to zeros with ``set_to_none=False``.
+
+        Plain arrays carry no gradient (gradients are passed to ``step``), so for them this does nothing.
+        """
         for p in self.params():
             if not isinstance(p, np.ndarray) and getattr(p, "grad", None) is not None:
                 if set_to_none:
@@ -157,12 +242,65 @@ class Optimizer:
 
     @_serialised
     def step(self, closure=None, gradients=None):
-        """One optimization step; returns the closure's loss (None without a closure)."""
+        """One optimization step; returns the closure's loss (None without a closure).
+
+        ``closure``: an optional callable that recomputes and returns the loss (called first).
+        ``gradients``, in any of these forms (one array per parameter, its shape; cast to its dtype):
+
+        * a dict ``{id(param): grad}`` (parameters absent from it, or with None, get no step,
+          unless they are objects with a ``.grad``, which then fills in);
+        * a list or tuple aligned with ``params()`` (None entries: no step for that parameter);
+        * None: the ``.grad`` attribute of parameter objects (objects with ``.data`` and ``.grad``).
+
+        A parameter without a gradient is skipped entirely.  NumPy-array parameters carry no
+        ``.grad``, so for them ``gradients=`` is required (``step()`` without it raises).
+
+        All or nothing: the gradients (known parameter, shape, numeric dtype, finite, squares
+        finite), the parameter arrays and the hyperparameters are checked before anything
+        changes; a bad one raises KeyError, ValueError or TypeError naming the parameter, leaving
+        parameters and state as they were.  An interrupt (Ctrl-C) arriving during the update is
+        held until parameters, state and step counters are all at the next step.  Some optimizers
+        add keyword arguments (HCNaturalGrad ``branches=``, HL ``h_grad=``) or return more
+        (HIOptimizer: its status tuple); see their ``step``.
+        """
+        self._check_step_args(closure, gradients)
         loss = closure() if closure is not None else None
         self._revalidate()
+        self._sync_params()
         grads = self._collect_gradients(gradients)
-        self._step(grads)
+        with _interrupts_deferred():
+            self._step(grads)
         return loss
+
+    def _check_step_args(self, closure, gradients, other_sources=False):
+        """The closure slot takes a callable; array parameters need ``gradients=``."""
+        self._check_open()
+        if closure is not None and not callable(closure):
+            raise TypeError(f"step() got a {type(closure).__name__} where the closure goes: pass gradients "
+                            "as step(gradients=[...]) (a list aligned with the parameters, or a dict "
+                            "{id(param): grad})")
+        if gradients is None and not other_sources and all(type(p) is np.ndarray for p in self._param_objs):
+            raise ValueError("step() has no gradients: the parameters are NumPy arrays, which carry no .grad; "
+                             "pass them as step(gradients=[...]) (a list aligned with the parameters, or a "
+                             "dict {id(param): grad})")
+
+    def _check_open(self):
+        if getattr(self, "_closed", False):
+            raise RuntimeError(f"this {type(self).__name__} was closed (close() released its buffers); "
+                               "build a new optimizer")
+
+    def _check_tables(self, program):
+        """Refuse the step when a host-side scalar is not finite (e.g. a hyperparameter beyond
+        float32's range), before anything changes."""
+        for table in program.tables:
+            if table.size and not np.isfinite(table).all():
+                raise FloatingPointError(f"{type(self).__name__}: this step's scalars are not finite "
+                                         "(a hyperparameter beyond the float32 range?); step refused")
+
+    def _run(self, program, grads, **kwargs):
+        """``backend.run`` after ``_check_tables``."""
+        self._check_tables(program)
+        return self._backend.run(program, grads, **kwargs)
 
     def _step(self, grads: dict[int, np.ndarray]) -> None:
         raise NotImplementedError
@@ -195,25 +333,28 @@ class Optimizer:
             raise TypeError("gradients must be a dict {id(param): grad}, a list aligned with the parameters, or None")
 
         grads = {}
+        arrays, roots = self._arrays, self._roots
         for i, g in raw.items():
-            p = _data(params[i])
-            if not isinstance(g, np.ndarray):
-                g = np.asarray(getattr(g, "data", g))
+            p = arrays[i]
+            if type(g) is not np.ndarray:   # masked arrays too: their hidden values count
+                g = np.asarray(g) if isinstance(g, np.ndarray) else np.asarray(getattr(g, "data", g))
             if g.dtype.kind not in "fiu":
                 raise TypeError(f"gradient of parameter {i} has dtype {g.dtype}, which cannot be cast to {p.dtype}")
             if g.shape != p.shape:
                 raise ValueError(f"gradient of parameter {i} has shape {g.shape}, expected {p.shape}")
             if g.dtype != p.dtype:
                 g = g.astype(p.dtype)
-            if not _all_finite(g):
-                raise ValueError(f"gradient of parameter {i} (shape {p.shape}) contains NaN or infinity")
+            elif id(_root(g)) in roots and _shares_any(g, arrays):
+                g = g.copy()                 # the update writes the parameters while it reads g
             grads[i] = g
+        _check_magnitudes(grads, arrays)
         return grads
 
     # ------------------------------------------------------------------ state
     @_serialised
     def state_of(self, p) -> dict:
         """Everything the optimizer keeps for parameter ``p`` (copies on the Vulkan path)."""
+        self._check_open()
         i = self._index[id(p)] if not isinstance(p, int) else p
         out = copy.deepcopy(self.state.get(i, {}))
         if i in self.state:
@@ -222,7 +363,7 @@ class Optimizer:
         return out
 
     def _group_extra(self) -> list[dict]:
-        """Per-group state that is not a hyperparameter (override; must be picklable)."""
+        """Per-group state that is not a hyperparameter (override; plain data: numbers, lists, arrays)."""
         return [{} for _ in self.param_groups]
 
     def _load_group_extra(self, extra: list[dict]) -> None:
@@ -234,9 +375,19 @@ class Optimizer:
         np.add.at(out, np.asarray(self._group_of), segment_sums)
         return out
 
+    #: per-parameter state that is not a state buffer: name -> kind (see ``state_checks.check_entry``)
+    _state_kinds: dict[str, str] = {"step": "count"}
+    #: entries every parameter's state must have in a loaded dict
+    _required_state: tuple[str, ...] = ("step",)
+    #: every per-element buffer a loaded dict may carry: name -> kind ("elements" or "nonneg elements")
+    _buffer_kinds: dict[str, str] = {}
+
     @_serialised
     def state_dict(self) -> dict:
-        """A portable snapshot: parameters by index, arrays as NumPy copies, picklable."""
+        """A portable snapshot: parameters by index, arrays as NumPy copies, the optimizer's class
+        name under ``"optimizer"``.  Plain data only (dicts, lists, numbers, strings, arrays):
+        ``hyperopt.save`` writes it without pickle."""
+        self._check_open()
         groups, start = [], 0
         for g in self.param_groups:
             entry = {k: v for k, v in g.items() if k != "params"}
@@ -244,68 +395,128 @@ class Optimizer:
             start += len(g["params"])
             groups.append(entry)
         state = {i: self.state_of(i) for i in sorted(self.state)}
-        return {"state": state, "param_groups": groups, "extra": self._group_extra()}
+        return {"optimizer": type(self).__name__, "state": state, "param_groups": groups,
+                "extra": self._group_extra()}
 
     @_serialised
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore a ``state_dict()``.  All or nothing: a dict that fails a check part-way leaves
-        the optimizer exactly as it was."""
+        """Restore a ``state_dict()`` of this optimizer class.  Every entry is checked first (class,
+        groups, types, ranges, finiteness, shapes); a dict that fails anywhere raises and leaves the
+        optimizer exactly as it was."""
+        self._check_open()
+        checked = self._check_state_dict(plain_copy(state_dict))   # a copy: never alias the caller's arrays
         backup = self.state_dict()
-        try:
-            self._load_state(pickle.loads(pickle.dumps(state_dict)))   # never alias the caller's arrays
-        except Exception:
-            self._load_state(backup)
-            raise
+        with _interrupts_deferred():             # Ctrl-C waits until the load (or its rollback) is done
+            try:
+                self._load_state(checked)
+            except BaseException:
+                self._load_state(self._check_state_dict(backup))
+                raise
+
+    def _check_state_dict(self, sd) -> dict:
+        """``sd`` checked entry by entry and normalised (in place), or an error; changes nothing
+        in the optimizer.  Subclasses extend it for their own entries."""
+        self._check_made_by(sd)
+        for key in ("state", "param_groups"):
+            if key not in sd:
+                raise ValueError(f"state dict has no '{key}' entry")
+        groups = sd["param_groups"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            n = len(groups) if isinstance(groups, (list, tuple)) else type(groups).__name__
+            raise ValueError(f"loaded state dict has {n} parameter groups, optimizer has {len(self.param_groups)}")
+        start, checked = 0, []
+        for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
+            if not isinstance(theirs, dict):
+                raise ValueError(f"param group {gi} of the state dict is a {type(theirs).__name__}, not a dict")
+            n = len(mine["params"])
+            if list(theirs.get("params", ())) != list(range(start, start + n)):
+                raise ValueError(f"group {gi} has parameters {theirs.get('params')} in the state dict, expected "
+                                 f"the indices {list(range(start, start + n))} ({n} parameters)")
+            start += n
+            unknown = sorted(set(theirs) - set(mine), key=str)
+            if unknown:
+                raise ValueError(f"param group {gi} of the state dict has unknown entries {unknown}")
+            candidate = dict(mine, **{k: v for k, v in theirs.items() if k != "params"})
+            self._validate_group(candidate)          # types and ranges, as for the constructor
+            checked.append(dict({k: v for k, v in candidate.items() if k in theirs}, params=theirs["params"]))
+        sd["param_groups"] = checked
+        params = [_data(p) for p in self.params()]
+        state = sd["state"]
+        if not isinstance(state, dict):
+            raise ValueError(f"state dict's 'state' must be a dict by parameter index, got {type(state).__name__}")
+        kinds = dict(self._state_kinds, **self._buffer_kinds)
+        out = {}
+        for i, entry in state.items():
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(params):
+                raise ValueError(f"state dict has state for parameter {i!r}, optimizer has {len(params)} "
+                                 f"(state is keyed by parameter index)")
+            check_keys(entry, f"state of parameter {i}", kinds, self._required_state)
+            out[i] = {name: check_entry(kinds[name], value, f"state '{name}' of parameter {i}", params[i])
+                      for name, value in entry.items()}
+        sd["state"] = out
+        extra = sd.get("extra", [{} for _ in groups])
+        if not isinstance(extra, (list, tuple)) or len(extra) != len(groups):
+            raise ValueError(f"state dict's 'extra' must be a list with one dict per parameter group ({len(groups)})")
+        sd["extra"] = [self._check_group_extra(gi, check_keys(e, f"group state {gi}", self._group_extra_kinds()))
+                       for gi, e in enumerate(extra)]
+        return sd
+
+    def _check_made_by(self, sd) -> None:
+        """Refuse anything but a dict made by this optimizer class."""
+        if not isinstance(sd, dict):
+            raise TypeError(f"state dict must be a dict, got {type(sd).__name__}")
+        made_by = sd.get("optimizer")
+        if made_by != type(self).__name__:
+            made_by = made_by if isinstance(made_by, str) else "an unknown optimizer (it has no 'optimizer' entry)"
+            raise ValueError(f"state dict was made by {made_by}, not {type(self).__name__}: "
+                             "an optimizer loads only its own class's state")
+
+    def _group_extra_kinds(self) -> tuple[str, ...]:
+        """Names a group's extra state may have (override with ``_group_extra``)."""
+        return ()
+
+    def _check_group_extra(self, gi: int, extra: dict) -> dict:
+        """Group ``gi``'s extra state checked and normalised (override with ``_load_group_extra``)."""
+        return extra
 
     def _load_state(self, state_dict: dict) -> None:
-        """``load_state_dict`` without the rollback (subclasses extend this one)."""
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError(f"loaded state dict has {len(groups)} parameter groups, optimizer has {len(self.param_groups)}")
-        for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
-            if len(theirs["params"]) != len(mine["params"]):
-                raise ValueError(f"group {gi} has {len(theirs['params'])} parameters in the state dict, "
-                                 f"{len(mine['params'])} in the optimizer")
-        params = self.params()
-        for i, entry in state_dict["state"].items():
-            if not 0 <= int(i) < len(params):
-                raise ValueError(f"state dict has state for parameter {i}, optimizer has {len(params)}")
-            shape = _data(params[int(i)]).shape
-            for name, value in entry.items():
-                if isinstance(value, np.ndarray) and value.shape != shape and name in self._backend.buffers:
-                    raise ValueError(f"state '{name}' of parameter {i} has shape {value.shape}, expected {shape}")
-                if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not _all_finite(value):
-                    raise ValueError(f"state '{name}' of parameter {i} contains NaN or infinity")
-        for mine, theirs in zip(self.param_groups, groups):
-            candidate = dict(mine, **{k: v for k, v in theirs.items() if k != "params"})
-            self._validate_group(candidate)
-        for mine, theirs in zip(self.param_groups, groups):
+        """``load_state_dict`` without the checks and the rollback (``state_dict`` is checked)."""
+        for mine, theirs in zip(self.param_groups, state_dict["param_groups"]):
             mine.update({k: v for k, v in theirs.items() if k != "params"})
         if tuple(self.state_buffers) != tuple(self._backend.buffers):
             self._rebind()          # e.g. amsgrad switched on: its buffer must exist before the write
         self.state = {}
-        for i in range(len(params)):
+        for i in range(len(self.params())):
             self._backend.clear(i)  # parameters the dict has no state for start fresh
         for i, entry in state_dict["state"].items():
-            i = int(i)
             self.state[i] = {k: v for k, v in entry.items() if k not in self._backend.buffers}
             for name in self._backend.buffers:
                 if name in entry:
                     self._backend.write(name, i, entry[name])
-        self._load_group_extra(state_dict.get("extra", [{} for _ in groups]))
+        self._load_group_extra(state_dict["extra"])
+
+    # ------------------------------------------------------------------ copies
+    def __reduce_ex__(self, protocol):
+        raise TypeError(_NO_COPY.format(type(self).__name__, "pickled"))
+
+    def __copy__(self):
+        raise TypeError(_NO_COPY.format(type(self).__name__, "copied"))
+
+    def __deepcopy__(self, memo):
+        raise TypeError(_NO_COPY.format(type(self).__name__, "copied"))
 
     def reload_params(self) -> None:
-        """Tell the optimizer that parameter arrays were changed in place outside ``step()``.
-
-        The Vulkan path keeps the parameters on the device between steps and copies them back after
-        each step; edits made to the arrays in between are only seen after this call.  (NumPy
-        updates the arrays themselves, so there it does nothing.)
-        """
+        """No longer needed: every step starts from the parameter arrays as they are (in-place
+        edits, ``p.data`` rebinding and restores are all seen, on every backend).  Kept so that
+        older code runs; it copies the arrays to the device once more, which changes nothing."""
+        self._check_open()
         self._backend.reload_params()
 
     @_serialised
     def close(self) -> None:
-        """Release device memory now (it is also released when the optimizer is garbage collected)."""
+        """Release device memory now (it is also released when the optimizer is garbage collected).
+        Any later use of the optimizer raises RuntimeError; closing twice is harmless."""
+        self._closed = True
         self._backend.close()
 
     def __repr__(self):
@@ -318,16 +529,135 @@ class Optimizer:
         return "\n".join(lines)
 
 
+_SQUARE_LIMITS: dict = {}
+
+
+def _square_limit(dtype) -> float:
+    """The largest magnitude whose square is finite in ``dtype``."""
+    limit = _SQUARE_LIMITS.get(dtype)
+    if limit is None:
+        limit = _SQUARE_LIMITS[dtype] = math.sqrt(float(np.finfo(dtype).max)) if dtype.kind == "f" else math.inf
+    return limit
+
+
+def _check_magnitudes(grads, arrays):
+    """Every gradient finite, with finite squares.  Small gradients are checked together (one
+    concatenation instead of a call per tensor); the one at fault is looked for only on failure."""
+    small: dict = {}
+    for i, g in grads.items():
+        if g.size <= 4096:
+            small.setdefault(g.dtype, []).append(i)
+        elif not _all_finite(g):
+            _refuse_gradient(i, g, arrays)
+    for dtype, idx in small.items():
+        if len(idx) > 1:
+            joined = np.concatenate([grads[i].reshape(-1) for i in idx])
+            if _all_finite(joined):
+                continue
+        for i in idx:
+            if not _all_finite(grads[i]):
+                _refuse_gradient(i, grads[i], arrays)
+
+
+def _refuse_gradient(i, g, arrays):
+    shape = arrays[i].shape
+    if not np.isfinite(g).all():
+        raise ValueError(f"gradient of parameter {i} (shape {shape}) contains NaN or infinity")
+    raise ValueError(f"gradient of parameter {i} (shape {shape}) has an element beyond {_square_limit(g.dtype):.3g}, "
+                     f"whose square overflows {g.dtype}; step refused")
+
+
 def _all_finite(a: np.ndarray) -> bool:
-    if a.size <= 1 << 16:              # small: the plain check is cheaper than the errstate below
-        return bool(np.isfinite(a).all())
-    # Large: one fast pass.  A NaN or infinity always makes the sum of squares non-finite (squares
-    # cannot cancel); a non-finite sum of finite values (overflow past ~1.8e19) is rare, so only
-    # then is the exact check paid for.
+    """Every element finite and with a finite square in its own dtype (|a| <= sqrt(max)): an
+    element beyond that (1.8e19 in float32) would overflow the optimizers' second moments."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return True
+    if a.size <= 1 << 16:              # small: the exact check is cheaper than the errstate below
+        return bool(np.abs(a).max() <= _square_limit(a.dtype))    # NaN compares False
+    # Large: one fast pass.  A NaN or infinity, or an element whose square overflows, always makes
+    # the sum of squares non-finite (squares cannot cancel).  A non-finite sum of acceptable
+    # values is rare (many elements near the limit), so only then is the exact check paid for.
     flat = a.reshape(-1) if a.flags.c_contiguous else a.ravel()
     with np.errstate(over="ignore", invalid="ignore"):
-        s = float(np.dot(flat, flat))
-    return math.isfinite(s) or bool(np.isfinite(a).all())
+        if math.isfinite(float(np.dot(flat, flat))):
+            return True
+    return bool(np.abs(a).max() <= _square_limit(a.dtype))
+
+
+def _root(a):
+    """The object at the end of an array's ``.base`` chain (arrays sharing memory share it)."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def _shares_any(g, arrays) -> bool:
+    root = id(_root(g))
+    return any(id(_root(a)) == root and np.may_share_memory(g, a) for a in arrays)
+
+
+def _check_param_array(a, what):
+    if a.dtype.kind != "f":
+        raise TypeError(f"can only optimize floating-point arrays, got dtype {a.dtype}")
+    if not a.flags.writeable:
+        raise ValueError(f"{what} (shape {a.shape}) is read-only: the optimizer updates parameters in place")
+
+
+def _check_no_aliasing(old, new):
+    """Refuse two parameters that share memory (W and W.T, overlapping views): each update would
+    overwrite the other's, and the backends would disagree."""
+    arrays = list(old) + list(new)
+    if len(arrays) < 2:
+        return
+    spans = sorted((*_byte_bounds(a), k) for k, a in enumerate(arrays) if a.size)
+    for pos, (lo, hi, k) in enumerate(spans):
+        for lo2, _, k2 in spans[pos + 1:]:
+            if lo2 >= hi:
+                break
+            if k < len(old) and k2 < len(old):
+                continue                     # checked when they were added
+            try:
+                shared = np.shares_memory(arrays[k], arrays[k2], max_work=10**6)
+            except np.exceptions.TooHardError:
+                shared = True
+            if shared:
+                a, b = sorted((k, k2))
+                raise ValueError(f"parameters {a} and {b} (shapes {arrays[a].shape} and {arrays[b].shape}) share "
+                                 "memory: tied or overlapping parameters cannot be optimized as two; pass the "
+                                 "shared array once")
+
+
+class _interrupts_deferred:
+    """Hold SIGINT (Ctrl-C) for the duration of a step's update and raise it afterwards, so that a
+    KeyboardInterrupt never leaves parameters, state and counters at different steps.  Only the
+    main thread receives signals; elsewhere (and when nested) this does nothing."""
+
+    _active = False
+
+    def __enter__(self):
+        self._previous = None
+        if _interrupts_deferred._active or threading.current_thread() is not threading.main_thread():
+            return self
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:                 # a handler installed outside Python: leave it alone
+            return self
+        self._pending = []
+        signal.signal(signal.SIGINT, lambda signum, frame: self._pending.append(frame))
+        self._previous = previous
+        _interrupts_deferred._active = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is None:
+            return False
+        _interrupts_deferred._active = False
+        signal.signal(signal.SIGINT, self._previous)
+        if self._pending:
+            if callable(self._previous):
+                self._previous(signal.SIGINT, self._pending[0])   # default: raises KeyboardInterrupt
+            elif self._previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+        return False
 
 
 def check_range(name: str, value, low=None, high=None, *, low_open=False, high_open=False, label=None):
@@ -340,3 +670,10 @@ def check_range(name: str, value, low=None, high=None, *, low_open=False, high_o
         ok = value < high if high_open else value <= high
     if not ok:
         raise ValueError(f"Invalid {label}: {value}")
+
+
+def check_flag(name: str, value) -> None:
+    """torch-style check of a boolean flag: ``ValueError('Invalid <name>: ...')`` unless it is a bool
+    (a string such as ``"False"`` would otherwise be read by its truthiness)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Invalid {name}: {value!r} (expected True or False, got {type(value).__name__})")

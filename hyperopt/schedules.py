@@ -60,6 +60,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .lr_scheduler import get_group_lr, set_group_lr
+
 __all__ = ["WINDOW_NAMES", "Window", "WindowLR", "window_rcm"]
 
 WINDOW_NAMES = {"flat": 0, "cosine": 1, "polynomial": 2, "exponential": 3, "simple-polynomial": 4,
@@ -166,11 +168,13 @@ class Window:
 
     @classmethod
     def from_rc_cfg(cls, rc_cfg) -> "Window":
+        """The window of AutoSGM's 9-tuple ``(rcm, inseq, x, n, m, tau, spe, cfact, e)``."""
         rcm, inseq, x, n, m, tau, spe, cfact, e = rc_cfg
         return cls(rcm, inseq=inseq, x=x, n=n, m=m, tau=tau, spe=spe, cfact=cfact, e=e)
 
     @property
     def rc_cfg(self) -> tuple:
+        """This window as AutoSGM's 9-tuple ``(rcm, inseq, x, n, m, tau, spe, cfact, e)``."""
         return (self.rcm, self.inseq, self.x, self.n, self.m, self.tau, self.spe, self.cfact, self.e)
 
     def __repr__(self):
@@ -265,10 +269,18 @@ class WindowLR:
     ``step()`` after an optimizer step moves to the next one.  ``initial_lr`` is kept in each group
     (as torch does) so that several schedulers or a reload start from the same base.  An optimizer
     whose groups have no ``lr`` but an AutoSGM ``lr_cfg`` gets its ``lr_init`` field scheduled
-    instead (AutoSGM also has its own per-parameter window in ``rc_cfg``).
+    instead (AutoSGM also has its own per-parameter window in ``rc_cfg``); HL, which has no learning
+    rate, is refused with a TypeError.
+
+    After its length (``window.length`` units: epochs for ``cfact=0``, else steps) a window
+    *restarts*: AutoSGM's windows are periodic, so step ``length + 1`` is at the peak again, a warm
+    restart like ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`` (``T_mult=1``), not like
+    ``CosineAnnealingLR``, which climbs back along the cosine.  ``restart=False`` holds the
+    window's last value instead (one anneal, then the floor); ``hyperopt.CosineAnnealingLR`` is
+    torch's schedule exactly.
     """
 
-    def __init__(self, optimizer, window=1, *, last_step: int = 0, **window_kwargs):
+    def __init__(self, optimizer, window=1, *, last_step: int = 0, restart: bool = True, **window_kwargs):
         self.optimizer = optimizer
         if isinstance(window, Window):
             if window_kwargs:
@@ -276,48 +288,50 @@ class WindowLR:
             self.window = window
         else:
             self.window = Window(window, **window_kwargs)
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", _get_lr(group))
+        if not isinstance(restart, bool):
+            raise TypeError(f"restart must be True or False, got {restart!r}")
+        self.restart = restart
+        lrs = [get_group_lr(optimizer, group) for group in optimizer.param_groups]   # all checked first
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group.setdefault("initial_lr", lr)
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_step = int(last_step)
         self._apply()
 
+    @property
+    def length_steps(self) -> int:
+        """The window's length in steps (``length * spe`` for a window in epochs)."""
+        w = self.window
+        return w.length * w.spe if w.cfact == 0 else w.length
+
     def step(self) -> None:
+        """Move to the next step's rate; call it after ``optimizer.step()``."""
         self.last_step += 1
         self._apply()
 
     def _apply(self):
-        factor = self.window(self.last_step + 1)
+        t = self.last_step + 1
+        if not self.restart:
+            t = min(t, self.length_steps)
+        factor = self.window(t)
         self._last_lr = []
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            _set_lr(group, base * factor)
+            set_group_lr(group, base * factor)
             self._last_lr.append(base * factor)
 
     def get_last_lr(self) -> list:
+        """The rates written by the last ``step()`` (or the constructor), one per parameter group."""
         return list(self._last_lr)
 
     def state_dict(self) -> dict:
-        return {"last_step": self.last_step, "base_lrs": list(self.base_lrs), "rc_cfg": self.window.rc_cfg}
+        """``{"last_step", "base_lrs", "rc_cfg", "restart"}``: plain values."""
+        return {"last_step": self.last_step, "base_lrs": list(self.base_lrs), "rc_cfg": self.window.rc_cfg,
+                "restart": self.restart}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()`` and write the rate of the restored step."""
         self.window = Window.from_rc_cfg(state["rc_cfg"])
         self.base_lrs = list(state["base_lrs"])
         self.last_step = int(state["last_step"])
+        self.restart = bool(state.get("restart", True))
         self._apply()
-
-
-def _get_lr(group):
-    if "lr" in group:
-        return group["lr"]
-    if "lr_cfg" in group:
-        return group["lr_cfg"][1]
-    raise KeyError("parameter group has neither 'lr' nor 'lr_cfg'")
-
-
-def _set_lr(group, value):
-    if "lr" in group or "lr_cfg" not in group:
-        group["lr"] = value
-    else:
-        cfg = group["lr_cfg"]
-        group["lr_cfg"] = cfg._replace(lr_init=value) if hasattr(cfg, "_replace") else \
-            type(cfg)((cfg[0], value) + tuple(cfg[2:]))

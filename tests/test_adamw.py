@@ -158,9 +158,16 @@ def test_bad_input_leaves_everything_unchanged(backend, opt_kwargs, rng, case):
 def test_overflowing_sum_is_not_mistaken_for_nonfinite(backend, opt_kwargs, n):
     p = np.zeros(n, np.float32)
     opt = AdamW([p], **opt_kwargs)
-    with np.errstate(over="ignore"):                          # g*g overflows, as in torch
-        opt.step(gradients=[np.full(n, 3e38, np.float32)])  # the sum overflows, the values are finite
-    assert np.all(np.isfinite(p))
+    opt.step(gradients=[np.full(n, 1e19, np.float32)])  # the sum of squares overflows, each square does not
+    assert np.all(np.isfinite(p)) and np.all(np.isfinite(opt.state_of(p)["exp_avg_sq"]))
+    before = (p.copy(), opt.state_of(p))
+    g = np.ones(n, np.float32)
+    g[n // 2] = 3e38                                     # its square overflows: exp_avg_sq would be inf
+    with pytest.raises(ValueError, match="square overflows"):
+        opt.step(gradients=[g])
+    np.testing.assert_array_equal(p, before[0])
+    assert opt.state_of(p)["step"] == before[1]["step"] == 1
+    np.testing.assert_array_equal(opt.state_of(p)["exp_avg_sq"], before[1]["exp_avg_sq"])
     g = np.ones(n, np.float32)
     g[n // 2] = np.nan
     with pytest.raises(ValueError, match="NaN or infinity"):

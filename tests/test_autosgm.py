@@ -564,15 +564,14 @@ def test_mlp_on_two_moons_reaches_97_percent(backend, opt_kwargs, instance):
 def test_benchmark_cases_and_window_plot(tmp_path):
     from benchmarks import autosgm_windows
     from benchmarks.cases_autosgm import CASES
-    assert set(CASES) == {"AutoSGM(num_lrc=0)", "AutoSGM(num_lrc=2)"}
+    assert set(CASES) == {"AutoSGM-lrc0", "AutoSGM-lrc2"}
     for factory in CASES.values():
         p = np.ones((4, 4), np.float32)
         opt = factory([p], False, None)
         opt.step(gradients=[np.ones((4, 4), np.float32)])
         assert (p < 1).all()
-    out = tmp_path / "w.png"
-    assert autosgm_windows.main([str(out)]) == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert autosgm_windows.main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "autosgm_windows.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_edits_between_steps_are_respected_on_both_backends(backend, opt_kwargs):

@@ -297,7 +297,9 @@ def test_functional_errors():
     with pytest.raises(TypeError, match="step_params"):
         opt.step(gradients=[np.zeros(3)])
     with pytest.raises(TypeError, match="use_gpu"):
-        HCNaturalGrad(0.1, use_gpu=True)
+        HCNaturalGrad(lr=0.1, use_gpu=True)
+    with pytest.raises(TypeError, match="parameter list"):
+        HCNaturalGrad(0.1)
 
 
 def test_ordinary_errors_leave_parameters_untouched(opt_kwargs):

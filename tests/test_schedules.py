@@ -12,7 +12,7 @@ L = 40
 
 
 def formula(rcm, f, n):
-    """The shapes of the seed's window functions, written independently of the module (M = 1)."""
+    """The shapes of upstream's window functions, written independently of the module (M = 1)."""
     if rcm == 1:
         return math.cos(math.pi * f / 2) ** n
     if rcm == 2:

@@ -36,3 +36,53 @@ def test_spiking_network_beats_chance_and_modulation_is_measured(backend, opt_kw
         assert r["apf"] > 0
     assert gain["mean_gain"] > 0               # the surprise signal was live and really scaled the inputs
     assert auto["mean_gain"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- mechanisms
+@pytest.mark.timeout(600)
+def test_natural_grad_branches_change_and_speed_up_the_step_at_the_same_lr(backend, opt_kwargs):
+    from benchmarks.tasks import MLP
+    from benchmarks.train import noisy_hidden_branches
+    from benchmarks.mechanisms import _digits_loop
+    from hyperopt import HCNaturalGrad
+    finals = {}
+    for use_branches in (False, True):
+        model = MLP([64, 64, 10], seed=0)
+        opt = HCNaturalGrad(model.params, lr=0.02, fisher_damp=0.1, projection="hash", **opt_kwargs)
+        rng = np.random.default_rng(1)
+        losses = _digits_loop(model, opt, 2, step_kwargs=(lambda m, X: {"branches": noisy_hidden_branches(m, X, rng)})
+                              if use_branches else None)
+        finals[use_branches] = np.mean(losses[-10:])
+    # the branched step is P (C + damp I)^-1 P^T g: larger than lr * g along the random subspace
+    assert finals[True] < 0.7 * finals[False], finals
+
+
+@pytest.mark.timeout(300)
+def test_hl_learns_a_sequence_online_with_its_costates(backend, opt_kwargs):
+    from benchmarks.mechanisms import hl
+    rows, out = hl(opt_kwargs, 1)
+    trained, untrained = rows[0]["value"], rows[1]["value"]
+    assert trained < 1e-3 < 0.1 < untrained, (trained, untrained)
+    costates = np.array(out["HL, theta 0.1, beta 1.0"]["p_w"])
+    assert costates.shape[1] == 3 and (costates[:100].max(axis=0) > 10 * costates[-100:].max(axis=0)).all()
+
+
+@pytest.mark.timeout(300)
+def test_hypergradient_lr_rises_from_a_too_small_start(backend, opt_kwargs):
+    from benchmarks.mechanisms import hypergradient
+    rows, out = hypergradient(opt_kwargs, 1)
+    assert out["AdamW"]["lr"][-1] == 1e-4
+    for name in ("HypergradientAdamW", "AutoHypergradientAdamW"):
+        assert out[name]["lr"].max() > 20 * 1e-4, name
+        assert out[name]["acc"] > out["AdamW"]["acc"] + 0.1
+    assert out["AutoHypergradientAdamW"]["beta1"].min() < 0.9 == out["HypergradientAdamW"]["beta1"].min()
+
+
+@pytest.mark.timeout(300)
+def test_mechanisms_cli_writes_table_csv_and_figures(tmp_path):
+    from benchmarks import mechanisms
+    mechanisms.main(["--only", "hl", "windows", "--out", str(tmp_path)])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["mechanism_hl.png", "mechanism_windows.png", "mechanisms.csv", "mechanisms.md"]
+    text = (tmp_path / "mechanisms.md").read_text()
+    assert "| mechanism | optimizer |" in text and "--only hl windows" in text

@@ -9,6 +9,8 @@ The interface (shared with the Vulkan backend):
                                ``tables[j]`` is dispatch j's per-segment scalar table
                                (n_segments, n_scalars), filled by the host before each run; float64
                                when any parameter is float64, else float32
+  set_param(i, array)          the caller rebound parameter i to another array of the same shape
+                               and dtype; its state is kept
   run(program, grads, download, upload_params)
                                one submit: upload ``grads`` ({index: array}; None keeps the last
                                ones and the active set) and, with ``upload_params``, the caller's
@@ -138,6 +140,11 @@ class NumpyBackend:
         """Live view of one parameter's state (the NumPy backend has nothing to copy)."""
         return self._state[name][i]
 
+    @_guarded
+    def set_param(self, i, array):
+        """The caller rebound parameter i to ``array`` (same shape and dtype); its state is kept."""
+        self._params[i] = array
+
     def reload_params(self):
         pass   # the twins update the user's arrays directly
 
@@ -180,6 +187,8 @@ class NumpyBackend:
         items = []
         for i in sorted(self._grads):
             arrays = [self._arrays(n, i) for n in names]
+            if arrays[0].ndim == 0:          # 0-d parameters: 1-element views (the twins write via out=)
+                arrays = [a.reshape(1) for a in arrays]
             extra = {"ctl": self._ctl, "segment": i} if kernel.ctl else {}
             row = table[i] if self._params[i].dtype == table.dtype else table[i].astype(self._params[i].dtype)
             call = (arrays, dict(zip(kernel.scalars, row), **extra))
@@ -211,5 +220,5 @@ class Program:
 
 def table_dtype(arrays):
     """Scalar tables carry hyperparameters at the parameters' precision: float64 as soon as one
-    parameter is float64 (a float32 parameter's twin rounds them to float32 where it computes)."""
+    parameter is float64 (a float32 parameter's row is cast to float32 before its twin runs)."""
     return np.float64 if any(a.dtype == np.float64 for a in arrays) else np.float32

@@ -706,8 +706,14 @@ class VulkanBackend:
             tmp.free()
 
     @_guarded
+    def set_param(self, i, array):
+        """The caller rebound parameter i to ``array`` (same shape and dtype); its state is kept.
+        Runs with ``upload_params`` copy it in; nothing moves now."""
+        self._params[i] = array
+
+    @_guarded
     def reload_params(self):
-        """Copy the user's parameter arrays to the device (after editing them outside step())."""
+        """Copy the user's parameter arrays to the device (runs with ``upload_params`` do it too)."""
         target = self._staging.get("param") or self._arenas["param"]
         view = target.floats(self.dtype)
         for i, a in enumerate(self._params):

@@ -1,0 +1,428 @@
+"""hyperopt.save / hyperopt.load: resume in a new process bit for bit, atomic writes, crafted files refused.
+
+Run as a script (``python tests/test_checkpoint.py CASE KWARGS CKPT OUT``) it is the child of the
+resume test: it builds the case's optimizer over zero parameters, loads the checkpoint (parameters
+included) and finishes the run.
+"""
+import copy
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import hyperopt  # noqa: E402
+from hyperopt import (HL, AdamW, AutoHypergradientAdamW, AutoSGM, CheckpointError, HCNaturalGrad,  # noqa: E402
+                      HIOptimizer, HypergradientAdamW)
+
+SHAPES = [(8, 6), (6,)]
+STEPS, SPLIT = 8, 4
+
+CASES = {
+    "AdamW": lambda ps, kw: AdamW(ps, lr=0.05, amsgrad=True, **kw),
+    "HypergradientAdamW": lambda ps, kw: HypergradientAdamW(ps, lr=0.01, beta_hyper=1e-3, **kw),
+    "AutoHypergradientAdamW": lambda ps, kw: AutoHypergradientAdamW(ps, lr=0.01, warmup_steps=2, adapt_momentum=True,
+                                                                    track_surprise=True, **kw),
+    "HIOptimizer": lambda ps, kw: HIOptimizer(ps, lr=0.01, schmitt=(0.9, 1.1), **kw),
+    "AutoSGM": lambda ps, kw: AutoSGM(ps, lr_cfg=(True, 1e-2, 2), mix_cfg=(True, True, 1e-2, 0.9, 0.0), **kw),
+    "HCNaturalGrad-numpy": lambda ps, kw: HCNaturalGrad(ps, lr=0.05, fisher_damp=0.1, seed=3, **kw),
+    "HCNaturalGrad-hash": lambda ps, kw: HCNaturalGrad(ps, lr=0.05, fisher_damp=0.1, seed=3, projection="hash", **kw),
+    "HL": lambda ps, kw: HL.for_params(ps, theta=0.2, **kw),
+}
+
+
+def _step(opt, t):
+    rng = np.random.default_rng(1000 + t)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    if isinstance(opt, HCNaturalGrad):
+        opt.step(gradients=grads, branches=rng.standard_normal((5, 3)))
+    elif isinstance(opt, HL):          # a state gradient too, so the neuron costate moves and is saved
+        opt.step(gradients=grads, h_grad=rng.standard_normal(1).astype(np.float32))
+    else:
+        opt.step(gradients=grads)
+
+
+def _start():
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+
+
+def _child(case, kwargs, ckpt, out):
+    params = [np.zeros(s, np.float32) for s in SHAPES]
+    opt = CASES[case](params, json.loads(kwargs))
+    hyperopt.load(opt, ckpt)
+    for t in range(SPLIT, STEPS):
+        _step(opt, t)
+    extra = [opt.neuron_costate()] if isinstance(opt, HL) else []    # state that moves no weight
+    np.savez(out, *params, *extra)
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:])
+    sys.exit(0)
+
+import pytest  # noqa: E402
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+# ---------------------------------------------------------------------------------------------- resume
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_resume_in_a_new_process_is_bit_for_bit(case, backend, opt_kwargs, tmp_path):
+    straight = _start()
+    ref = CASES[case](straight, opt_kwargs)
+    for t in range(STEPS):
+        _step(ref, t)
+
+    first = _start()
+    opt = CASES[case](first, opt_kwargs)
+    for t in range(SPLIT):
+        _step(opt, t)
+    ckpt = tmp_path / "run.ckpt"
+    hyperopt.save(opt, ckpt, include_params=True)
+    out = tmp_path / "final.npz"
+    done = subprocess.run([sys.executable, __file__, case, json.dumps(opt_kwargs), str(ckpt), str(out)],
+                          env=_env(), capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr
+    with np.load(out, allow_pickle=False) as f:
+        resumed = [f[f"arr_{k}"] for k in range(len(SHAPES))]
+    for a, b in zip(resumed, straight):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(straight[0], _start()[0])     # the run moved
+    if case == "HL":
+        with np.load(out, allow_pickle=False) as f:
+            assert np.array_equal(f[f"arr_{len(SHAPES)}"], ref.neuron_costate())
+
+
+def test_load_writes_parameters_in_place_and_the_state_without_them(backend, opt_kwargs, tmp_path):
+    params = _start()
+    opt = AdamW(params, lr=0.05, **opt_kwargs)
+    for t in range(3):
+        _step(opt, t)
+    hyperopt.save(opt, tmp_path / "with.ckpt", include_params=True)
+    hyperopt.save(opt, tmp_path / "without.ckpt")
+    saved = [p.copy() for p in params]
+
+    targets = [np.zeros(s, np.float32) for s in SHAPES]
+    alias = targets[0]
+    other = AdamW(targets, lr=0.05, **opt_kwargs)
+    hyperopt.load(other, tmp_path / "without.ckpt")
+    assert not any(t.any() for t in targets)            # the parameters are not in that file
+    assert other.state[0]["step"] == 3
+    hyperopt.load(other, tmp_path / "with.ckpt")
+    assert targets[0] is alias and np.array_equal(alias, saved[0]) and np.array_equal(targets[1], saved[1])
+    _step(opt, 3)
+    _step(other, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(params, targets))
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+def _adamw(rng_seed=0, steps=2, **kw):
+    params = _start()
+    opt = AdamW(params, lr=0.05, use_gpu=False, **kw)
+    for t in range(steps):
+        _step(opt, t + rng_seed)
+    return opt, params
+
+
+def test_a_failure_mid_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    opt, _ = _adamw(steps=2)
+    path = tmp_path / "run.ckpt"
+    hyperopt.save(opt, path)
+    before = path.read_bytes()
+    _step(opt, 5)
+    calls = []
+
+    def failing(f, a):
+        calls.append(a.shape)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        np.lib.format.write_array(f, a, allow_pickle=False)
+
+    monkeypatch.setattr(hyperopt.checkpoint, "_write_array", failing)
+    with pytest.raises(OSError, match="simulated"):
+        hyperopt.save(opt, path)
+    assert len(calls) == 2
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["run.ckpt"]         # no temporary file left behind
+    fresh = AdamW(_start(), lr=0.05, use_gpu=False)
+    hyperopt.load(fresh, path)
+    assert fresh.state[0]["step"] == 2
+
+
+_SAVER = """
+import sys, numpy as np, hyperopt
+from hyperopt import AdamW
+params = [np.full((512, 512), float(k), np.float32) for k in range(8)]
+opt = AdamW(params, use_gpu=False)
+opt.step(gradients=[np.ones_like(p) for p in params])
+print("saving", flush=True)
+while True:
+    for p in params:
+        p += 1.0
+    hyperopt.save(opt, sys.argv[1], include_params=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_killing_the_process_mid_save_leaves_a_loadable_file(tmp_path):
+    path = tmp_path / "run.ckpt"
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        child = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], env=_env(), stdout=subprocess.PIPE,
+                                 text=True)
+        try:
+            assert child.stdout.readline().strip() == "saving"
+            time.sleep(0.05 + 0.3 * rng.random())
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+            child.stdout.close()
+        if not path.exists():          # killed before the first save completed: nothing to check yet
+            continue
+        params = [np.zeros((512, 512), np.float32) for _ in range(8)]
+        opt = AdamW(params, use_gpu=False)
+        hyperopt.load(opt, path)        # a complete checkpoint, never a torn one
+        base = params[0][0, 0]
+        assert base > 0.5 and all(np.all(p == p.flat[0]) for p in params)   # saved after at least one edit
+        assert [float(p.flat[0] - base) for p in params] == pytest.approx([k * 1.0 for k in range(8)], abs=1e-3)
+    assert path.exists()
+
+
+# ---------------------------------------------------------------------------------------------- crafted files
+class _CreatesAFile:
+    """Unpickling this object opens (creates) a file: the harmless stand-in for running any code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _object_array_npy(marker) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.array([_CreatesAFile(str(marker))], dtype=object), allow_pickle=True)
+    return buf.getvalue()
+
+
+def test_the_crafted_payload_would_create_a_file_if_unpickled(tmp_path):
+    marker = tmp_path / "control"
+    import io
+    np.load(io.BytesIO(_object_array_npy(marker)), allow_pickle=True)
+    assert marker.exists()      # so the tests below prove that loading ran nothing
+
+
+@pytest.mark.parametrize("how", ["object array in a checkpoint", "npz with an object array", "renamed pickle"])
+def test_crafted_files_run_nothing_and_are_refused(tmp_path, how):
+    marker = tmp_path / "created-by-the-file"
+    opt, params = _adamw()
+    path = tmp_path / "evil.ckpt"
+    if how == "object array in a checkpoint":
+        hyperopt.save(opt, tmp_path / "good.ckpt")
+        with zipfile.ZipFile(tmp_path / "good.ckpt") as src, zipfile.ZipFile(path, "w") as dst:
+            for name in src.namelist():
+                data = _object_array_npy(marker) if name == "a0.npy" else src.read(name)
+                dst.writestr(name, data)
+    elif how == "npz with an object array":
+        with open(path, "wb") as f:
+            np.savez(f, a0=np.array([_CreatesAFile(str(marker))], dtype=object))
+    else:
+        path.write_bytes(pickle.dumps({"state": _CreatesAFile(str(marker))}))
+    before = opt.state_dict()
+    kept = [p.copy() for p in params]
+    with pytest.raises(CheckpointError) as info:
+        hyperopt.load(opt, path)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+    _assert_same_state(opt.state_dict(), before)
+    assert all(np.array_equal(a, b) for a, b in zip(params, kept))
+
+
+def _assert_same_state(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same_state(x, y)
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b)
+    else:
+        assert a == b
+
+
+def _rewrite(src, dst, meta_edit=None, array_edit=None):
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for name in z.namelist():
+            data = z.read(name)
+            if name == "checkpoint.json" and meta_edit:
+                meta = json.loads(data)
+                meta_edit(meta)
+                data = json.dumps(meta).encode()
+            elif name.endswith(".npy") and array_edit:
+                import io
+                a = np.load(io.BytesIO(data), allow_pickle=False)
+                a = array_edit(name, a)
+                buf = io.BytesIO()
+                np.save(buf, a, allow_pickle=False)
+                data = buf.getvalue()
+            out.writestr(name, data)
+
+
+@pytest.mark.parametrize("defect, match", [
+    ("other class", "checkpoint of 'HIOptimizer'"),
+    ("version", "format version 2"),
+    ("format", "not a hyperopt checkpoint"),
+    ("truncated", "not a hyperopt checkpoint"),
+    ("not json", "not valid JSON"),
+    ("NaN in an array", "NaN"),
+    ("negative second moment", "negative"),
+    ("missing array", "missing array"),
+    ("parameter shapes", "saved for parameters"),
+    ("string step", "non-negative integer"),
+    ("parameter values", "parameter 0 in the file"),
+])
+def test_malformed_files_are_refused_and_change_nothing(tmp_path, defect, match):
+    opt, params = _adamw(steps=3)
+    good = tmp_path / "good.ckpt"
+    hyperopt.save(opt, good, include_params=True)
+    bad = tmp_path / "bad.ckpt"
+
+    def meta(fn):
+        _rewrite(good, bad, meta_edit=fn)
+
+    if defect == "other class":
+        hio = HIOptimizer(_start(), use_gpu=False)
+        hyperopt.save(hio, bad)
+    elif defect == "version":
+        meta(lambda m: m.update(version=2))
+    elif defect == "format":
+        meta(lambda m: m.update(format="something-else"))
+    elif defect == "truncated":
+        bad.write_bytes(good.read_bytes()[:-200])
+    elif defect == "not json":
+        with zipfile.ZipFile(good) as z, zipfile.ZipFile(bad, "w") as out:
+            for name in z.namelist():
+                out.writestr(name, b"{not json" if name == "checkpoint.json" else z.read(name))
+    elif defect == "NaN in an array":
+        _rewrite(good, bad, array_edit=lambda n, a: np.where(np.arange(a.size).reshape(a.shape) == 0, np.nan, a)
+                 .astype(a.dtype) if n == "a0.npy" else a)
+    elif defect == "negative second moment":
+        with zipfile.ZipFile(good) as z:
+            m = json.loads(z.read("checkpoint.json"))
+        target = m["state_dict"]["state"]["__items__"][0][1]["exp_avg_sq"]["__array__"] + ".npy"
+        _rewrite(good, bad, array_edit=lambda n, a: -a - 1 if n == target else a)
+    elif defect == "missing array":
+        meta(lambda m: m["state_dict"]["state"]["__items__"][0][1].update(exp_avg={"__array__": "zz9"}))
+    elif defect == "parameter shapes":
+        meta(lambda m: m["params"][0].update(shape=[6, 8]))
+    elif defect == "string step":
+        meta(lambda m: m["state_dict"]["state"]["__items__"][0][1].update(step="3"))
+    elif defect == "parameter values":
+        meta(lambda m: m.update(param_arrays=[m["param_arrays"][1], m["param_arrays"][0]]))
+    before = opt.state_dict()
+    kept = [p.copy() for p in params]
+    with pytest.raises((CheckpointError, ValueError), match=match):
+        hyperopt.load(opt, bad)
+    _assert_same_state(opt.state_dict(), before)
+    assert all(np.array_equal(a, b) for a, b in zip(params, kept))
+    hyperopt.load(opt, good)        # and the optimizer still takes a good file
+
+
+def test_read_only_parameters_refuse_a_file_with_parameters(tmp_path):
+    opt, params = _adamw()
+    hyperopt.save(opt, tmp_path / "c.ckpt", include_params=True)
+    frozen = _start()
+    other = AdamW(frozen, lr=0.05, use_gpu=False)
+    frozen[1].flags.writeable = False          # made read-only after the optimizer was built
+    with pytest.raises(CheckpointError, match="read-only"):
+        hyperopt.load(other, tmp_path / "c.ckpt")
+    assert other.state == {} and np.array_equal(frozen[0], _start()[0])
+
+
+def test_unsaveable_state_is_refused_before_anything_is_written(tmp_path):
+    opt, _ = _adamw()
+    opt.param_groups[0]["note"] = object()      # not plain data
+    with pytest.raises(TypeError, match="note"):
+        hyperopt.save(opt, tmp_path / "c.ckpt")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------- pickle and copies
+@pytest.mark.parametrize("make", [lambda: _adamw()[0], lambda: HCNaturalGrad(lr=0.1),
+                                  lambda: HL.for_params(_start(), use_gpu=False)])
+def test_pickling_or_copying_an_optimizer_points_to_save_and_load(make):
+    opt = make()
+    for attempt in (lambda: pickle.dumps(opt), lambda: copy.deepcopy(opt), lambda: copy.copy(opt)):
+        with pytest.raises(TypeError, match=r"hyperopt\.save.*hyperopt\.load"):
+            attempt()
+
+
+def test_functional_hcnaturalgrad_resumes_from_a_file(tmp_path):
+    rng = np.random.default_rng(0)
+    params = {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
+    ctx = [{"grads": {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)},
+            "info": {"branches": rng.standard_normal((5, 2))}} for _ in range(6)]
+    ref = HCNaturalGrad(lr=0.05, fisher_damp=0.1, seed=4)
+    straight = dict(params)
+    for c in ctx:
+        straight, _ = ref.step_params(None, straight, c)
+    opt = HCNaturalGrad(lr=0.05, fisher_damp=0.1, seed=4)
+    half = dict(params)
+    for c in ctx[:3]:
+        half, _ = opt.step_params(None, half, c)
+    hyperopt.save(opt, tmp_path / "f.ckpt", include_params=True)
+    other = HCNaturalGrad(seed=0)
+    hyperopt.load(other, tmp_path / "f.ckpt")
+    for c in ctx[3:]:
+        half, state = other.step_params(None, half, c)
+    assert np.array_equal(half["W"], straight["W"]) and state["steps"] == 6
+    with pytest.raises(ValueError, match="saved for parameters none, this optimizer has"):
+        hyperopt.load(HCNaturalGrad([np.zeros(3, np.float32)], use_gpu=False), tmp_path / "f.ckpt")
+
+
+@pytest.mark.timeout(120)
+def test_corrupted_bytes_give_a_clear_error_or_a_checked_load(tmp_path):
+    """Random byte flips anywhere in a checkpoint: load either refuses with CheckpointError (a
+    ValueError) and changes nothing, or loads state that passed every check."""
+    opt, _ = _adamw(steps=3)
+    good = tmp_path / "good.ckpt"
+    hyperopt.save(opt, good, include_params=True)
+    data = good.read_bytes()
+    rng = np.random.default_rng(0)
+    refused = 0
+    for trial in range(200):
+        blob = bytearray(data)
+        for at in rng.integers(0, len(blob), size=int(rng.integers(1, 4))):
+            blob[at] ^= int(rng.integers(1, 256))
+        bad = tmp_path / "bad.ckpt"
+        bad.write_bytes(bytes(blob))
+        target, params = _adamw(steps=1)
+        before, kept = target.state_dict(), [p.copy() for p in params]
+        try:
+            hyperopt.load(target, bad)
+        except ValueError:
+            refused += 1
+            _assert_same_state(target.state_dict(), before)
+            assert all(np.array_equal(a, b) for a, b in zip(params, kept))
+        else:
+            for p in params:
+                assert np.isfinite(p).all()
+    assert refused > 100        # the CRC of each member catches almost every flip
