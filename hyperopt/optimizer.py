@@ -13,9 +13,11 @@ Subclasses declare ``state_buffers`` (per-element state, zero-initialised) and i
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import numbers
 import pickle
+import threading
 
 import numpy as np
 
@@ -32,13 +34,35 @@ def _data(p) -> np.ndarray:
     raise TypeError(f"parameters must be NumPy arrays or objects with a .data array, got {type(p).__name__}")
 
 
+def _serialised(method):
+    """One call at a time per optimizer: stepped from two threads, it runs one step after the other."""
+    @functools.wraps(method)
+    def serialised(self, *args, **kwargs):
+        lock = self.__dict__.get("_lock") or self.__dict__.setdefault("_lock", threading.RLock())
+        with lock:
+            return method(self, *args, **kwargs)
+    serialised.serialised = True
+    return serialised
+
+
 class Optimizer:
+    #: methods that run under the optimizer's lock, in every subclass that overrides them too
+    _serialised_methods = ("step", "state_dict", "load_state_dict", "add_param_group", "state_of", "close")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls._serialised_methods:
+            fn = cls.__dict__.get(name)
+            if callable(fn) and not getattr(fn, "serialised", False):
+                setattr(cls, name, _serialised(fn))
+
     #: names of per-element state arrays every parameter gets on its first step (zeros)
     state_buffers: tuple[str, ...] = ()
     #: group keys that are bookkeeping, not hyperparameters (left out of ``repr``)
     _internal_group_keys: tuple[str, ...] = ()
 
     def __init__(self, params, defaults: dict, *, use_gpu: bool = False, device: str | None = None):
+        self._lock = threading.RLock()
         self.defaults = dict(defaults)
         self.state: dict[int, dict] = {}
         self.param_groups: list[dict] = []
@@ -61,6 +85,7 @@ class Optimizer:
     def params(self) -> list:
         return [p for g in self.param_groups for p in g["params"]]
 
+    @_serialised
     def add_param_group(self, group: dict) -> None:
         self._add_group(group, rebind=True)
 
@@ -128,6 +153,7 @@ class Optimizer:
                 else:
                     p.grad[...] = 0
 
+    @_serialised
     def step(self, closure=None, gradients=None):
         """One optimization step; returns the closure's loss (None without a closure)."""
         loss = closure() if closure is not None else None
@@ -183,6 +209,7 @@ class Optimizer:
         return grads
 
     # ------------------------------------------------------------------ state
+    @_serialised
     def state_of(self, p) -> dict:
         """Everything the optimizer keeps for parameter ``p`` (copies on the Vulkan path)."""
         i = self._index[id(p)] if not isinstance(p, int) else p
@@ -205,6 +232,7 @@ class Optimizer:
         np.add.at(out, np.asarray(self._group_of), segment_sums)
         return out
 
+    @_serialised
     def state_dict(self) -> dict:
         """A portable snapshot: parameters by index, arrays as NumPy copies, picklable."""
         groups, start = [], 0
@@ -216,6 +244,7 @@ class Optimizer:
         state = {i: self.state_of(i) for i in sorted(self.state)}
         return {"state": state, "param_groups": groups, "extra": self._group_extra()}
 
+    @_serialised
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a ``state_dict()``.  All or nothing: a dict that fails a check part-way leaves
         the optimizer exactly as it was."""
@@ -272,6 +301,7 @@ class Optimizer:
         """
         self._backend.reload_params()
 
+    @_serialised
     def close(self) -> None:
         """Release device memory now (it is also released when the optimizer is garbage collected)."""
         self._backend.close()

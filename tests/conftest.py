@@ -1,7 +1,7 @@
 """Shared fixtures: every optimizer test runs on both backends.
 
 The ``backend`` fixture is "numpy" or "vulkan"; ``opt_kwargs`` are the matching constructor
-arguments.  Vulkan tests run on the device named by HYPEROPT_TEST_DEVICE (default "cpu", i.e.
+arguments.  Vulkan tests run on the device named by HYPEROPT_TEST_DEVICE (default "vulkan:cpu", i.e.
 lavapipe).  Where no Vulkan device exists they are skipped, unless HYPEROPT_REQUIRE_VULKAN=1 (CI),
 which turns a skip into a failure and also fails the session if no Vulkan test ran.  With
 HYPEROPT_VULKAN_VALIDATION=1 any validation-layer message fails the test that caused it.
@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # benchmarks.tasks
 
 GOLDENS = Path(__file__).resolve().parent / "goldens"   # reference trajectories (see its README)
-DEVICE = os.environ.get("HYPEROPT_TEST_DEVICE", "cpu")
+DEVICE = os.environ.get("HYPEROPT_TEST_DEVICE", "vulkan:cpu")
 REQUIRE = os.environ.get("HYPEROPT_REQUIRE_VULKAN") == "1"
 _vulkan_tests_passed = 0
 _vulkan_nodes: set[str] = set()      # tests that asked for the Vulkan backend

@@ -13,6 +13,8 @@ from hyperopt.kernels import KERNELS
 
 from conftest import DEVICE, REQUIRE, vulkan_available
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 reason = vulkan_available()
 if reason is not None:
     if REQUIRE:
@@ -151,16 +153,82 @@ def test_without_a_vulkan_loader_import_works_and_falls_back(tmp_path):
     assert float(words[-1]) < 0
 
 
-def test_gpu_request_without_hardware_gpu_warns(monkeypatch):
-    """device='gpu' never takes lavapipe: on a CPU-only machine it warns and runs NumPy."""
-    names = [vulkan._text(vk_props.deviceName) for _, vk_props in _devices()]
-    types = [vk_props.deviceType for _, vk_props in _devices()]
-    if any(t != vulkan.vk.VK_PHYSICAL_DEVICE_TYPE_CPU for t in types):
-        pytest.skip(f"this machine has a hardware GPU: {names}")
+def _cpu_only():
+    types = [props.deviceType for _, props in _devices()]
+    return all(t == vulkan.vk.VK_PHYSICAL_DEVICE_TYPE_CPU for t in types)
+
+
+def test_gpu_request_without_hardware_gpu_warns_once_at_the_callers_line(monkeypatch):
+    """use_gpu=True never takes a CPU driver: on a CPU-only machine it warns once, then runs the CPU path."""
+    if not _cpu_only():
+        pytest.skip("this machine has a hardware GPU")
+    import hyperopt.backends as backends
     monkeypatch.delenv("HYPEROPT_REQUIRE_VULKAN", raising=False)
-    with pytest.warns(RuntimeWarning, match="no Vulkan device matches device='gpu'"):
-        opt = AdamW([np.zeros(2, np.float32)], use_gpu=True, device="gpu")
+    monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
+    monkeypatch.setattr(backends, "_told", set())
+    with pytest.warns(RuntimeWarning, match="no hardware GPU is present") as caught:
+        opt = AdamW([np.zeros(2, np.float32)], use_gpu=True)
+        AdamW([np.zeros(2, np.float32)], use_gpu=True, device="gpu")     # once per process
+    assert len(caught) == 1 and caught[0].filename == __file__
     assert opt.backend == "numpy"
+    monkeypatch.setenv("HYPEROPT_REQUIRE_VULKAN", "1")
+    with pytest.raises(RuntimeError, match="HYPEROPT_REQUIRE_VULKAN=1"):
+        AdamW([np.zeros(2, np.float32)], use_gpu=True)
+
+
+def test_auto_on_a_cpu_only_machine_runs_the_cpu_path_without_a_warning(monkeypatch, caplog):
+    if not _cpu_only():
+        pytest.skip("this machine has a hardware GPU")
+    import logging
+    import warnings
+    import hyperopt.backends as backends
+    monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
+    monkeypatch.setattr(backends, "_told", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.INFO, logger="hyperopt"):
+            opts = [AdamW([np.zeros(2, np.float32)], use_gpu="auto") for _ in range(2)]
+    assert [o.backend for o in opts] == ["numpy", "numpy"]     # a CPU driver is never taken implicitly
+    notices = [r for r in caplog.records if r.name == "hyperopt"]
+    assert len(notices) == 1 and "CPU path" in notices[0].getMessage()
+
+
+@pytest.mark.parametrize("use_gpu, device", [(False, "gpu"), (False, "vulkan:cpu"), (False, "vulkan:0"),
+                                             (True, "cpu")])
+def test_contradictions_raise(use_gpu, device):
+    with pytest.raises(ValueError, match="contradicts"):
+        AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
+
+
+@pytest.mark.parametrize("use_gpu, device", [("False", None), (1, None), (None, None), (True, "lavapipe"),
+                                             (True, "vulkan:"), (True, 0)])
+def test_bad_device_arguments_raise(use_gpu, device):
+    with pytest.raises((ValueError, TypeError), match="use_gpu|device"):
+        AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
+
+
+@pytest.mark.parametrize("use_gpu", [True, "auto"])
+@pytest.mark.parametrize("device", ["vulkan:no such device", "vulkan:99"])
+def test_an_explicit_vulkan_device_that_matches_nothing_raises(monkeypatch, use_gpu, device):
+    monkeypatch.delenv("HYPEROPT_REQUIRE_VULKAN", raising=False)
+    with pytest.raises(RuntimeError, match="no Vulkan device matches device="):
+        AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
+
+
+def test_device_names_pick_the_path(monkeypatch):
+    monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
+    assert AdamW([np.zeros(2, np.float32)], use_gpu="auto", device="cpu").backend == "numpy"
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend == "numpy"
+    name = vulkan.context(DEVICE).name
+    by_index = [k for k, (_, p) in enumerate(_devices()) if vulkan._text(p.deviceName) == name][0]
+    for device in (DEVICE, f"vulkan:{by_index}", f"vulkan:{name[:5].upper()}"):
+        assert AdamW([np.zeros(2, np.float32)], use_gpu=True, device=device).backend == f"vulkan:{name}"
+    monkeypatch.setenv("HYPEROPT_DEVICE", DEVICE)      # the environment names the device when device=None
+    assert AdamW([np.zeros(2, np.float32)]).backend == f"vulkan:{name}"
+    monkeypatch.setenv("HYPEROPT_DEVICE", "cpu")
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=True).backend == "numpy"
+    monkeypatch.setenv("HYPEROPT_DEVICE", DEVICE)
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend == "numpy"   # False is never overridden
 
 
 def _devices():
@@ -181,3 +249,44 @@ def test_validation_layer_reports_invalid_usage():
         pass
     assert any("VUID-VkBufferCreateInfo-size" in m for m in vulkan.validation_messages)
     vulkan.validation_messages.clear()
+
+
+PIPELINE_CACHE = textwrap.dedent("""
+    import sys, numpy as np
+    from hyperopt import AdamW
+    from hyperopt.backends import vulkan
+    opt = AdamW([np.zeros(10, np.float32)], use_gpu=True, device=sys.argv[1])
+    opt.step(gradients=[np.ones(10, np.float32)])
+    ctx = vulkan.context(sys.argv[1])
+    print(ctx.cache_loaded, ctx.cache_path)
+""")
+
+
+@pytest.mark.timeout(120)
+def test_pipeline_cache_persists_across_processes(tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=ROOT)
+    env.pop("HYPEROPT_CACHE_DIR", None)
+    run = lambda e: subprocess.run([sys.executable, "-c", PIPELINE_CACHE, DEVICE], env=e, capture_output=True,
+                                   text=True, check=True, timeout=100).stdout.split()
+    loaded, path = run(env)
+    assert loaded == "0" and path.startswith(str(tmp_path / "xdg" / "hyperopt"))
+    assert os.path.getsize(path) > 0                 # written at exit
+    loaded, again = run(env)
+    assert again == path and int(loaded) == os.path.getsize(path)   # the next process starts from it
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    loaded, path = run(dict(env, HYPEROPT_CACHE_DIR=str(blocked / "cache")))   # unwritable: still works
+    assert loaded == "0" and not os.path.exists(path)
+
+
+def test_layouts_past_2_to_the_32_elements_are_refused_before_allocating():
+    """Work-table entries are 32-bit arena indices: a layout that would wrap them is refused."""
+    with pytest.raises(ValueError, match="2\\^32"):
+        vulkan.plan_layout([2**31, 2**31], row_size=16384)
+    sizes = [2**31, 2**31 - 2**20, 3]          # just under the limit: planned without allocating anything
+    offsets, rows, total = vulkan.plan_layout(sizes, row_size=1 << 24)
+    assert total < 2**32 and rows.dtype == np.uint32
+    for s, (off, n) in enumerate(zip(offsets, sizes)):
+        mine = rows[rows[:, 0] == s]
+        assert mine[0, 1] == off and mine[-1, 2] == off + n                # rows cover the segment exactly
+        assert np.all(mine[1:, 1] == mine[:-1, 2])

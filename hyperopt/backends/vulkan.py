@@ -11,6 +11,18 @@ Arenas above the binding limit (maxStorageBufferRange, 128 MiB on lavapipe) are 
 windows, one dispatch each.  Sums: each workgroup writes its partial sums; a second pass
 (``segment-sum.glsl``) adds them per segment in a fixed order, so results are deterministic.
 
+Threads and processes.  Optimizers on one device share its queue, fence and command pool; every
+use of those is under the context's lock (Vulkan requires external synchronisation of both), so
+optimizers may step from several threads at once, and each backend has its own lock, so one
+optimizer stepped from two threads runs one step after the other.  After ``fork`` a child opens
+its own device; an optimizer inherited from the parent raises, and nothing in the child touches the
+parent's Vulkan objects (not even at exit).  After ``close()`` or interpreter shutdown every call
+raises a clear error.
+
+Pipelines are created through a ``VkPipelineCache`` kept on disk under ``$XDG_CACHE_HOME/hyperopt``
+(default ``~/.cache/hyperopt``; ``HYPEROPT_CACHE_DIR`` overrides), one file per device and driver, so
+a new process does not compile the shaders again; a missing or read-only directory only costs that.
+
 Environment: ``HYPEROPT_VULKAN_VALIDATION=1`` enables the Khronos validation layer and records its
 messages in ``validation_messages``; ``HYPEROPT_VULKAN_STAGING=1`` forces the discrete-GPU path
 (device-local arenas plus staging copies) on unified-memory devices, so it is tested everywhere;
@@ -19,9 +31,11 @@ submit, read as ``backend.last_kernel_seconds`` and ``backend.last_submit_second
 """
 from __future__ import annotations
 
-import atexit
+import functools
+import hashlib
 import os
 import sys
+import threading
 import weakref
 from pathlib import Path
 
@@ -29,6 +43,7 @@ import numpy as np
 import vulkan as vk
 
 from ..kernels.core import CONTROL, dispatch
+from . import VulkanUnavailable
 
 ffi = vk.ffi
 SPIRV = Path(__file__).resolve().parent.parent / "spirv"
@@ -39,16 +54,20 @@ FRAME_BINDINGS = 4            # work, table, partials, ctl: see common.glsli
 
 validation_messages: list[str] = []
 
-
-class VulkanUnavailable(Exception):
-    """No usable Vulkan device (the caller falls back to NumPy)."""
+_generation = 0            # bumped in a forked child: contexts of an older generation belong to the parent
+_shutting_down = False     # set at interpreter exit, before the devices are released
 
 
 # ============================================================================ device context
 class Context:
-    """Instance, device, queue and pipeline cache; one per selected device, shared by optimizers."""
+    """Instance, device, queue and pipeline cache; one per selected device, shared by optimizers.
+
+    ``lock`` guards the queue, the fence, the command pool and the pipeline table."""
 
     def __init__(self, selector: str):
+        self.lock = threading.RLock()
+        self.generation = _generation
+        self.pid = os.getpid()
         self.validation = os.environ.get("HYPEROPT_VULKAN_VALIDATION") == "1"
         self._messenger = None
         self.instance = self._create_instance()
@@ -68,8 +87,10 @@ class Context:
         families = vk.vkGetPhysicalDeviceQueueFamilyProperties(self.physical)
         self.family = next(i for i, f in enumerate(families) if f.queueFlags & vk.VK_QUEUE_COMPUTE_BIT)
         queue_info = vk.VkDeviceQueueCreateInfo(queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=[1.0])
+        self.float64 = bool(vk.vkGetPhysicalDeviceFeatures(self.physical).shaderFloat64)
+        features = vk.VkPhysicalDeviceFeatures(shaderFloat64=vk.VK_TRUE if self.float64 else vk.VK_FALSE)
         self.device = vk.vkCreateDevice(self.physical, vk.VkDeviceCreateInfo(
-            queueCreateInfoCount=1, pQueueCreateInfos=[queue_info]), None)
+            queueCreateInfoCount=1, pQueueCreateInfos=[queue_info], pEnabledFeatures=features), None)
         self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
         # GPU timestamps, on demand only: a step without them records and reads no queries
         self.timestamp_bits = families[self.family].timestampValidBits      # 0: no timestamps
@@ -90,6 +111,7 @@ class Context:
         self.row_size = ROW_CPU if cpu else ROW_GPU
         self.staging = not unified or os.environ.get("HYPEROPT_VULKAN_STAGING") == "1"
         self.pipelines: dict[tuple, tuple] = {}
+        self._open_pipeline_cache()
 
     def _create_instance(self):
         layers, exts = [], []
@@ -120,25 +142,28 @@ class Context:
         return instance
 
     def _pick_device(self, selector):
+        """``"gpu"``: the best hardware GPU; ``"vulkan:cpu"``, ``"vulkan:<index>"``, ``"vulkan:<name part>"``."""
         devices = [(d, vk.vkGetPhysicalDeviceProperties(d)) for d in vk.vkEnumeratePhysicalDevices(self.instance)]
         if not devices:
             raise VulkanUnavailable("no Vulkan device is present")
         hardware = (vk.VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU, vk.VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU,
                     vk.VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU)
         names = [_text(p.deviceName) for _, p in devices]
+        want = selector[len("vulkan:"):] if selector.startswith("vulkan:") else None
         if selector == "gpu":
             picks = sorted((hardware.index(p.deviceType), k) for k, (_, p) in enumerate(devices) if p.deviceType in hardware)
             picks = [k for _, k in picks]
-        elif selector == "cpu":
+        elif want is None:
+            raise ValueError(f"unknown Vulkan device {selector!r}: expected 'gpu' or 'vulkan:<cpu|index|name>'")
+        elif want == "cpu":
             picks = [k for k, (_, p) in enumerate(devices) if p.deviceType == vk.VK_PHYSICAL_DEVICE_TYPE_CPU]
-        elif selector == "any":
-            picks = list(range(len(devices)))
-        elif selector.isdigit():
-            picks = [int(selector)] if int(selector) < len(devices) else []
+        elif want.isdigit():
+            picks = [int(want)] if int(want) < len(devices) else []
         else:
-            picks = [k for k, n in enumerate(names) if selector.lower() in n.lower()]
+            picks = [k for k, n in enumerate(names) if want.lower() in n.lower()]
         if not picks:
-            raise VulkanUnavailable(f"no Vulkan device matches device={selector!r} (found: {', '.join(names)})")
+            what = "no hardware GPU is present" if selector == "gpu" else f"no Vulkan device matches device={selector!r}"
+            raise VulkanUnavailable(f"{what} (found: {', '.join(names)})")
         return devices[picks[0]]
 
     def _driver_info(self) -> str:
@@ -159,25 +184,82 @@ class Context:
     # ------------------------------------------------------------------ pipelines
     def pipeline(self, shader: str, n_bindings: int):
         key = (shader, n_bindings)
-        if key not in self.pipelines:
-            code = (SPIRV / f"{shader}.spv").read_bytes()
-            module = vk.vkCreateShaderModule(self.device, vk.VkShaderModuleCreateInfo(
-                codeSize=len(code), pCode=code), None)
-            bindings = [vk.VkDescriptorSetLayoutBinding(
-                binding=b, descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=1,
-                stageFlags=vk.VK_SHADER_STAGE_COMPUTE_BIT) for b in range(n_bindings)]
-            set_layout = vk.vkCreateDescriptorSetLayout(self.device, vk.VkDescriptorSetLayoutCreateInfo(
-                bindingCount=n_bindings, pBindings=bindings), None)
-            layout = vk.vkCreatePipelineLayout(self.device, vk.VkPipelineLayoutCreateInfo(
-                setLayoutCount=1, pSetLayouts=[set_layout], pushConstantRangeCount=1,
-                pPushConstantRanges=[vk.VkPushConstantRange(
-                    stageFlags=vk.VK_SHADER_STAGE_COMPUTE_BIT, offset=0, size=PUSH_BYTES)]), None)
-            stage = vk.VkPipelineShaderStageCreateInfo(stage=vk.VK_SHADER_STAGE_COMPUTE_BIT, module=module, pName="main")
-            pipe = vk.vkCreateComputePipelines(self.device, None, 1, [vk.VkComputePipelineCreateInfo(
-                stage=stage, layout=layout)], None)[0]
-            vk.vkDestroyShaderModule(self.device, module, None)
-            self.pipelines[key] = (pipe, layout, set_layout)
-        return self.pipelines[key]
+        with self.lock:
+            if key not in self.pipelines:
+                self._create_pipeline(key)
+            return self.pipelines[key]
+
+    def _create_pipeline(self, key):
+        shader, n_bindings = key
+        code = (SPIRV / f"{shader}.spv").read_bytes()
+        module = vk.vkCreateShaderModule(self.device, vk.VkShaderModuleCreateInfo(
+            codeSize=len(code), pCode=code), None)
+        bindings = [vk.VkDescriptorSetLayoutBinding(
+            binding=b, descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=1,
+            stageFlags=vk.VK_SHADER_STAGE_COMPUTE_BIT) for b in range(n_bindings)]
+        set_layout = vk.vkCreateDescriptorSetLayout(self.device, vk.VkDescriptorSetLayoutCreateInfo(
+            bindingCount=n_bindings, pBindings=bindings), None)
+        layout = vk.vkCreatePipelineLayout(self.device, vk.VkPipelineLayoutCreateInfo(
+            setLayoutCount=1, pSetLayouts=[set_layout], pushConstantRangeCount=1,
+            pPushConstantRanges=[vk.VkPushConstantRange(
+                stageFlags=vk.VK_SHADER_STAGE_COMPUTE_BIT, offset=0, size=PUSH_BYTES)]), None)
+        stage = vk.VkPipelineShaderStageCreateInfo(stage=vk.VK_SHADER_STAGE_COMPUTE_BIT, module=module, pName="main")
+        pipe = vk.vkCreateComputePipelines(self.device, self.pipeline_cache, 1, [vk.VkComputePipelineCreateInfo(
+            stage=stage, layout=layout)], None)[0]
+        vk.vkDestroyShaderModule(self.device, module, None)
+        self.pipelines[key] = (pipe, layout, set_layout)
+        self._cache_dirty = True
+
+    # ------------------------------------------------------------------ the pipeline cache on disk
+    def _cache_file(self) -> Path | None:
+        base = os.environ.get("HYPEROPT_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "hyperopt")
+        if not base or base.startswith("~"):
+            return None          # no home directory to expand
+        p = self.props
+        uuid = bytes(p.pipelineCacheUUID).hex() if not isinstance(p.pipelineCacheUUID, (bytes, str)) else ""
+        key = f"{p.vendorID:x}-{p.deviceID:x}-{p.driverVersion:x}-{uuid}-{self.name}-{self.driver}"
+        return Path(base) / f"pipelines-{hashlib.sha256(key.encode()).hexdigest()[:24]}.bin"
+
+    def _open_pipeline_cache(self):
+        """A VkPipelineCache seeded from this device's file (the driver checks the header itself)."""
+        self._cache_dirty = False
+        self.cache_path = self._cache_file()
+        data = b""
+        try:
+            if self.cache_path is not None:
+                data = self.cache_path.read_bytes()
+        except OSError:
+            data = b""           # missing or unreadable: start empty
+        self.cache_loaded = len(data)
+        info = vk.VkPipelineCacheCreateInfo(initialDataSize=len(data), pInitialData=ffi.from_buffer(data) if data else ffi.NULL)
+        try:
+            self.pipeline_cache = vk.vkCreatePipelineCache(self.device, info, None)
+        except vk.VkError:       # a driver that rejects the data: start empty
+            self.cache_loaded = 0
+            self.pipeline_cache = vk.vkCreatePipelineCache(self.device, vk.VkPipelineCacheCreateInfo(), None)
+
+    def save_pipeline_cache(self):
+        """Write the cache file if new pipelines were created (atomically; a read-only dir is fine)."""
+        if not self._cache_dirty or self.cache_path is None:
+            return
+        with self.lock:
+            size = ffi.new("size_t*")
+            check(vk.lib.vkGetPipelineCacheData(self.device, self.pipeline_cache, size, ffi.NULL))
+            buf = ffi.new("char[]", size[0])
+            check(vk.lib.vkGetPipelineCacheData(self.device, self.pipeline_cache, size, buf))
+            data = ffi.buffer(buf, size[0])[:]
+            self._cache_dirty = False
+        tmp = self.cache_path.with_name(f"{self.cache_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, self.cache_path)
+        except OSError:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ submission
     @staticmethod
@@ -190,26 +272,35 @@ class Context:
 
     def submit(self, info):
         """Submit a prebuilt submit info and wait (raw calls: ~20 us instead of ~55)."""
-        check(vk.lib.vkQueueSubmit(self.queue, 1, info[0], self.fence))
-        check(vk.lib.vkWaitForFences(self.device, 1, self._fence_ptr, vk.VK_TRUE, 0xFFFFFFFFFFFFFFFF))
-        check(vk.lib.vkResetFences(self.device, 1, self._fence_ptr))
+        with self.lock:
+            check(vk.lib.vkQueueSubmit(self.queue, 1, info[0], self.fence))
+            check(vk.lib.vkWaitForFences(self.device, 1, self._fence_ptr, vk.VK_TRUE, 0xFFFFFFFFFFFFFFFF))
+            check(vk.lib.vkResetFences(self.device, 1, self._fence_ptr))
 
     def one_shot(self, record):
         """Record with ``record(cmd)``, submit, wait, free (for setup copies)."""
-        cmd = vk.vkAllocateCommandBuffers(self.device, vk.VkCommandBufferAllocateInfo(
-            commandPool=self.pool, level=vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY, commandBufferCount=1))[0]
-        vk.vkBeginCommandBuffer(cmd, vk.VkCommandBufferBeginInfo(flags=vk.VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT))
-        record(cmd)
-        vk.vkEndCommandBuffer(cmd)
-        self.submit(self.submit_info(cmd))
-        vk.vkFreeCommandBuffers(self.device, self.pool, 1, [cmd])
+        with self.lock:
+            cmd = vk.vkAllocateCommandBuffers(self.device, vk.VkCommandBufferAllocateInfo(
+                commandPool=self.pool, level=vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY, commandBufferCount=1))[0]
+            vk.vkBeginCommandBuffer(cmd, vk.VkCommandBufferBeginInfo(flags=vk.VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT))
+            record(cmd)
+            vk.vkEndCommandBuffer(cmd)
+            self.submit(self.submit_info(cmd))
+            vk.vkFreeCommandBuffers(self.device, self.pool, 1, [cmd])
+
+    @property
+    def owned(self) -> bool:
+        """False in a forked child for the parent's context (its objects must not be touched)."""
+        return self.generation == _generation
 
     def destroy(self):
+        self.save_pipeline_cache()
         vk.vkDeviceWaitIdle(self.device)
         for pipe, layout, set_layout in self.pipelines.values():
             vk.vkDestroyPipeline(self.device, pipe, None)
             vk.vkDestroyPipelineLayout(self.device, layout, None)
             vk.vkDestroyDescriptorSetLayout(self.device, set_layout, None)
+        vk.vkDestroyPipelineCache(self.device, self.pipeline_cache, None)
         vk.vkDestroyFence(self.device, self.fence, None)
         vk.vkDestroyCommandPool(self.device, self.pool, None)
         vk.vkDestroyDevice(self.device, None)
@@ -232,38 +323,66 @@ def check(result):
 
 
 _contexts: dict[str, Context] = {}
-
-
 _unavailable: dict[str, VulkanUnavailable] = {}
+_contexts_lock = threading.Lock()
 
 
 def context(selector: str) -> Context:
-    """The shared context of a device selector; a selector that found no device is not retried."""
-    if selector in _unavailable:
-        raise _unavailable[selector]
-    if selector not in _contexts:
-        try:
-            _contexts[selector] = Context(selector)
-        except VulkanUnavailable as exc:
-            _unavailable[selector] = exc
-            raise
-    return _contexts[selector]
+    """The shared context of a device (``"gpu"`` or ``"vulkan:..."``); one that found no device is
+    not retried.  A bare name is read as a ``vulkan:`` one (at this level every device is Vulkan)."""
+    selector = str(selector)
+    if selector != "gpu" and not selector.startswith("vulkan:"):
+        selector = "vulkan:" + selector
+    with _contexts_lock:
+        if _shutting_down:
+            raise VulkanUnavailable("the interpreter is shutting down (Vulkan devices are released)")
+        if selector in _unavailable:
+            raise _unavailable[selector]
+        if selector not in _contexts:
+            try:
+                _contexts[selector] = Context(selector)
+            except VulkanUnavailable as exc:
+                _unavailable[selector] = exc
+                raise
+        return _contexts[selector]
 
 
 _live_backends: "weakref.WeakSet[VulkanBackend]" = weakref.WeakSet()
+_EXIT_WAIT_S = 10.0      # how long shutdown waits for a step in flight (e.g. in a daemon thread)
 
 
-@atexit.register
-def _shutdown():
-    # Free what live optimizers still hold first: weakref.finalize's own exit hook may run after
-    # this one (it is registered whenever some library first uses it), too late for the device.
+def shutdown():
+    """Release every device at interpreter exit (called by hyperopt.backends' exit hook, which
+    is registered at import and so runs after the user's own exit hooks).  Steps in flight finish
+    first; later calls, from daemon threads or later hooks, raise instead of touching the device."""
+    global _shutting_down
+    with _contexts_lock:
+        _shutting_down = True
     for backend in list(_live_backends):
-        backend.close()
-    for ctx in _contexts.values():
-        ctx.destroy()
+        backend._close("the Vulkan device was released at interpreter exit", wait=_EXIT_WAIT_S)
+    for ctx in list(_contexts.values()):
+        if ctx.owned and ctx.lock.acquire(timeout=_EXIT_WAIT_S):
+            try:
+                ctx.destroy()
+            finally:
+                ctx.lock.release()
     _contexts.clear()
     if validation_messages:    # e.g. objects still alive at device destruction
         print("Vulkan validation messages at shutdown:\n" + "\n".join(validation_messages), file=sys.stderr)
+
+
+def _after_fork_in_child():
+    """A forked child gets no usable copy of the parent's devices (the driver's threads and the
+    queue's state stay with the parent): forget them, so the child opens its own on demand."""
+    global _generation, _contexts_lock, _live_backends
+    _generation += 1
+    _contexts_lock = threading.Lock()
+    _contexts.clear()
+    _unavailable.clear()
+    _live_backends = weakref.WeakSet()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ============================================================================ buffers
@@ -297,6 +416,9 @@ class Buffer:
         return self.view.view(np.float32)
 
     def free(self):
+        if self.buffer is not None and not self.ctx.owned:
+            self.buffer = self.view = None    # the parent's (after fork): not ours to free
+            Buffer.live -= 1
         if self.buffer is not None:
             self.view = None      # views die before the memory they point into
             vk.vkDestroyBuffer(self.ctx.device, self.buffer, None)
@@ -305,49 +427,91 @@ class Buffer:
             Buffer.live -= 1
 
 
+# ============================================================================ layout
+MAX_ELEMENTS = 2**32 - 2**16     # work-table entries are 32-bit arena indices (with room for a loop's last stride)
+
+
+def plan_layout(sizes, row_size):
+    """(segment offsets, work rows, total) of parameters with ``sizes`` elements: each parameter a
+    segment padded to ``ALIGN``; rows (segment, begin, end, 0) of at most ``row_size`` elements,
+    never crossing a segment.  Raises before anything is allocated if the indices would wrap."""
+    sizes = np.asarray(sizes, np.int64)
+    padded = np.maximum((sizes + ALIGN - 1) // ALIGN * ALIGN, ALIGN)   # empty ones too: windows stay inside
+    total = int(padded.sum())
+    if total > MAX_ELEMENTS:
+        raise ValueError(f"the Vulkan backend indexes parameters with 32-bit offsets: {total} elements in all "
+                         f"(padded) is past 2^32 - 2^16; split the parameters over several optimizers")
+    offsets = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
+    rows = []
+    for s, (off, n) in enumerate(zip(offsets.tolist(), sizes.tolist())):
+        length = row_length(n, row_size)
+        rows += [(s, off + b, off + min(b + length, n), 0) for b in range(0, max(n, 1), length)]
+    return offsets, np.array(rows, np.uint32).reshape(-1, 4), total
+
+
+def row_length(n, row_size):
+    """Elements per work row of an n-element parameter: at most ``row_size``, and at least two
+    equal rows from 4K elements on, so that two cores (or SMs) share even a small tensor."""
+    rows = max(-(-n // row_size), min(2, -(-n // 4096)), 1)
+    per_row = -(-n // rows)
+    return max(ALIGN, -(-per_row // ALIGN) * ALIGN)      # rounded up to whole aligned blocks
+
+
 # ============================================================================ the backend
+def _guarded(method):
+    """A backend method: one call at a time per backend, never on a closed or inherited device."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        with self.lock:
+            if self._closed is not None:
+                raise RuntimeError(self._closed)
+            if not self.ctx.owned:
+                raise RuntimeError(
+                    f"this optimizer's Vulkan device belongs to the parent process (pid {self.ctx.pid}): an "
+                    "optimizer cannot be used across fork(); build a new optimizer in the child process")
+            return method(self, *args, **kwargs)
+    return guarded
+
+
 class VulkanBackend:
     def __init__(self, device: str = "gpu"):
         try:
             self.ctx = context(str(device))
-        except VulkanUnavailable:  # already says why
+        except (VulkanUnavailable, ValueError):  # already says why
             raise
         except Exception as exc:   # a broken driver must not take the user's training loop down
             raise VulkanUnavailable(f"Vulkan initialisation failed: {exc!r}") from None
+        self.lock = threading.RLock()
+        self._closed: str | None = None      # why calls are refused, once closed
         self.name = f"vulkan:{self.ctx.name}"
         self.buffers: tuple[str, ...] = ()
         self._arenas: dict[str, Buffer] = {}
         self._staging: dict[str, Buffer] = {}
         # everything this backend allocated, shared with the finalizer (which must not hold the backend)
-        self._owned: dict[str, list] = {"buffers": [], "programs": []}
+        self._owned: dict = {"buffers": [], "programs": [], "ctx": self.ctx}
         self._programs: list[VulkanProgram] = self._owned["programs"]
         self._params: list[np.ndarray] = []
         self._ctl = self._host(16)
+        self._ctl_host = np.zeros(0, np.float32)   # the optimizer's copy: never a view of device memory
         self._active = None
         self._finalizer = weakref.finalize(self, _release, self._owned)
+        self._finalizer.atexit = False     # the exit hook (shutdown) closes live backends in order
         _live_backends.add(self)
 
     # -------------------------------------------------------------- layout
+    @_guarded
     def bind(self, arrays, state_names):
         for k, a in enumerate(arrays):
             if a.dtype != np.float32:
                 raise TypeError(f"the Vulkan backend updates float32 parameters; parameter {k} is {a.dtype}")
+        sizes = np.array([a.size for a in arrays], np.int64)
+        offsets, rows, total = plan_layout(sizes, self.ctx.row_size)     # checked before anything is freed
         old = {name: [self.read(name, i) for i in range(len(self._params))] for name in self.buffers} if self._arenas else {}
         old_ids = {id(a): i for i, a in enumerate(self._params)}
         self._free_layout()
         self._params = list(arrays)
         self.buffers = tuple(state_names)
-        sizes = np.array([a.size for a in arrays], np.int64)
-        padded = np.maximum((sizes + ALIGN - 1) // ALIGN * ALIGN, ALIGN)   # empty ones too: windows stay inside
-        self.offsets = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
-        self.sizes = sizes
-        total = int(padded.sum())
-        # work rows: (segment, begin, end, 0), never crossing a segment
-        rows = []
-        for s, (off, n) in enumerate(zip(self.offsets, sizes)):
-            length = self._row_length(int(n))
-            rows += [(s, off + b, off + min(b + length, n), 0) for b in range(0, max(int(n), 1), length)]
-        self._rows = np.array(rows, np.uint32).reshape(-1, 4)
+        self.offsets, self._rows, self.sizes = offsets, rows, sizes
         self.n_rows = len(self._rows)
         first = np.searchsorted(self._rows[:, 0], np.arange(len(arrays)))
         counts = np.bincount(self._rows[:, 0], minlength=len(arrays))
@@ -376,13 +540,6 @@ class VulkanBackend:
                 for aid, j in old_ids.items():
                     if aid in new_ids:
                         self.write(name, new_ids[aid], values[j])
-
-    def _row_length(self, n):
-        """Elements per work row of an n-element parameter: at most ``row_size``, and at least two
-        equal rows from 4K elements on, so that two cores (or SMs) share even a small tensor."""
-        rows = max(-(-n // self.ctx.row_size), min(2, -(-n // 4096)), 1)
-        per_row = -(-n // rows)
-        return max(ALIGN, -(-per_row // ALIGN) * ALIGN)      # rounded up to whole aligned blocks
 
     def _plan_windows(self, total):
         """Split the rows into dispatches whose arena span fits one binding and one dispatch."""
@@ -429,6 +586,7 @@ class VulkanBackend:
             self.ctx.one_shot(lambda cmd: vk.vkCmdCopyBuffer(cmd, src.buffer, dst.buffer, 1, [
                 vk.VkBufferCopy(srcOffset=src_offset, dstOffset=dst_offset, size=nbytes)]))
 
+    @_guarded
     def read(self, name, i):
         arena, r = self._arenas[name], self._slices[i]
         shape = self._params[i].shape
@@ -441,6 +599,7 @@ class VulkanBackend:
         finally:
             tmp.free()
 
+    @_guarded
     def clear(self, i):
         """Zero parameter i's region of every state buffer (a fresh state), in one go."""
         if i not in self._touched:
@@ -455,6 +614,7 @@ class VulkanBackend:
             self.ctx.one_shot(lambda cmd: [vk.vkCmdFillBuffer(cmd, a.buffer, r.start * 4, (r.stop - r.start) * 4, 0)
                                            for a in arenas])
 
+    @_guarded
     def write(self, name, i, values):
         self._touched.add(i)
         arena, r = self._arenas[name], self._slices[i]
@@ -469,6 +629,7 @@ class VulkanBackend:
         finally:
             tmp.free()
 
+    @_guarded
     def reload_params(self):
         """Copy the user's parameter arrays to the device (after editing them outside step())."""
         target = self._staging.get("param") or self._arenas["param"]
@@ -478,6 +639,7 @@ class VulkanBackend:
         if self.ctx.staging:
             self._copy(target, self._arenas["param"])
 
+    @_guarded
     def ctl_array(self, size):
         if self._ctl.nbytes != max(16, size * 4):
             for p in self._programs:
@@ -486,14 +648,18 @@ class VulkanBackend:
             self._ctl.free()
             self._owned["buffers"].remove(self._ctl)
             self._ctl = self._host(size * 4)
-        return self._ctl.floats()[:size]
+        if self._ctl_host.size != size:
+            self._ctl_host = np.zeros(size, np.float32)
+        return self._ctl_host
 
     # -------------------------------------------------------------- programs
+    @_guarded
     def program(self, dispatches):
         p = VulkanProgram(self, dispatches)
         self._programs.append(p)
         return p
 
+    @_guarded
     def run(self, program, grads=None, download=True, upload_params=False):
         if grads is not None:
             self._upload(grads)
@@ -501,10 +667,17 @@ class VulkanBackend:
             view, slices, params = self._param_out, self._slices, self._params
             for i in self._active_list:
                 view[slices[i]] = params[i].reshape(-1)
+        if program.pool is None:
+            raise RuntimeError("this program was freed (the parameters or the control buffer changed since it was built)")
         staging = self.ctx.staging
         self._last_program = program
+        ctl = self._ctl.floats()[: self._ctl_host.size]
+        ctl[:] = self._ctl_host
+        for mapped, table in zip(program.mapped_tables, program.tables):
+            mapped[...] = table
         program.launch(upload=grads is not None and staging, upload_params=upload_params and staging,
                        download=download and staging)
+        self._ctl_host[:] = ctl
         if download:
             view, slices, params = self._param_out, self._slices, self._params
             for i in self._active_list:
@@ -540,15 +713,30 @@ class VulkanBackend:
             rows[:, 2] = np.where(on, self._rows[:, 2], self._rows[:, 1])
 
     def close(self):
-        if self._finalizer.alive:
-            self._finalizer()
+        self._close("this optimizer was closed: close() released its Vulkan memory; build a new optimizer")
+
+    def _close(self, reason, wait=None):
+        if not self.lock.acquire(timeout=-1 if wait is None else wait):
+            return       # a step that never finishes: its memory goes with the process
+        try:
+            if self._closed is None:
+                self._closed = reason
+                if self.ctx.owned:
+                    self._finalizer()
+                else:
+                    self._finalizer.detach()    # the parent's objects (after fork)
+        finally:
+            self.lock.release()
 
 
 def _release(res):
-    for p in res["programs"]:
-        p.free()
-    for b in res["buffers"]:
-        b.free()
+    if not res["ctx"].owned:
+        return          # garbage collected in a forked child: the objects are the parent's
+    with res["ctx"].lock:
+        for p in res["programs"]:
+            p.free()
+        for b in res["buffers"]:
+            b.free()
 
 
 class VulkanProgram:
@@ -560,7 +748,7 @@ class VulkanProgram:
         n_seg = len(backend._params)
         self.dispatches = [dispatch(k, names) for k, names in dispatches]
         self._buffers: list[Buffer] = []
-        self.tables, self.sum_outputs = [], []
+        self.tables, self.mapped_tables, self.sum_outputs = [], [], []
         self._sets = []            # (pipeline, layout, descriptor set, push constants, group count) in order
         n_sets = sum(len(backend._windows) + 1 for _ in self.dispatches) + 1
         self.pool = vk.vkCreateDescriptorPool(ctx.device, vk.VkDescriptorPoolCreateInfo(
@@ -570,7 +758,8 @@ class VulkanProgram:
         steps = []
         for kernel, names in self.dispatches:
             table = self._own(n_seg * max(1, len(kernel.scalars)) * 4)
-            self.tables.append(table.floats()[: n_seg * len(kernel.scalars)].reshape(n_seg, len(kernel.scalars)))
+            self.mapped_tables.append(table.floats()[: n_seg * len(kernel.scalars)].reshape(n_seg, len(kernel.scalars)))
+            self.tables.append(np.zeros_like(self.mapped_tables[-1]))   # filled by the host, copied in by run()
             n_bind = FRAME_BINDINGS + len(kernel.buffers)
             pipe = ctx.pipeline(kernel.shader, n_bind)
             if kernel.kind == CONTROL:
@@ -670,14 +859,15 @@ class VulkanProgram:
     def launch(self, upload, upload_params, download):
         timed = self.ctx.timestamps and self.ctx.timestamp_bits > 0
         key = (upload, upload_params, download, timed)
-        if timed and self._queries is None:
-            self._queries = vk.vkCreateQueryPool(self.ctx.device, vk.VkQueryPoolCreateInfo(
-                queryType=vk.VK_QUERY_TYPE_TIMESTAMP, queryCount=4), None)
-        if key not in self._cmds:
-            self._cmds[key] = self._record(*key)
-        self.ctx.submit(self._cmds[key][1])
-        if timed:
-            self._read_timestamps()
+        with self.ctx.lock:        # the command pool and the queue are shared by the device's optimizers
+            if timed and self._queries is None:
+                self._queries = vk.vkCreateQueryPool(self.ctx.device, vk.VkQueryPoolCreateInfo(
+                    queryType=vk.VK_QUERY_TYPE_TIMESTAMP, queryCount=4), None)
+            if key not in self._cmds:
+                self._cmds[key] = self._record(*key)
+            self.ctx.submit(self._cmds[key][1])
+            if timed:
+                self._read_timestamps()
 
     def _read_timestamps(self):
         ctx = self.ctx
@@ -692,14 +882,15 @@ class VulkanProgram:
     def free(self):
         if self.pool is None:
             return
-        for cmd, _ in self._cmds.values():
-            vk.vkFreeCommandBuffers(self.ctx.device, self.ctx.pool, 1, [cmd])
+        with self.ctx.lock:
+            for cmd, _ in self._cmds.values():
+                vk.vkFreeCommandBuffers(self.ctx.device, self.ctx.pool, 1, [cmd])
         self._cmds.clear()
         if self._queries is not None:
             vk.vkDestroyQueryPool(self.ctx.device, self._queries, None)
             self._queries = None
         vk.vkDestroyDescriptorPool(self.ctx.device, self.pool, None)
         self.pool = None
-        self.tables = []
+        self.mapped_tables = []
         for b in self._buffers:
             b.free()
