@@ -95,29 +95,30 @@ def write_report(out: Path, args, statuses: dict, elapsed_s: float) -> str:
               "- memory types: " + "; ".join(f"{t['index']} (heap {t['heap']}): {'+'.join(t['flags']) or 'none'}"
                                              for t in info["memory_types"]),
               "- limits: " + ", ".join(f"{k} {v}" for k, v in info["limits"].items()),
+              "- instance layers: " + (", ".join(info["layers"]) or "none"),
               "- the backend's choices: " + ", ".join(f"{k} {v}" for k, v in info["backend"].items()),
               f"- host: Python {info['host']['python']}, {info['host']['cores']} cores, "
               + ", ".join(f"{k} {v}" for k, v in info["host"]["packages"].items())]
         if info.get("nvidia_smi"):
             L.append(f"- nvidia-smi: {info['nvidia_smi']}")
     else:
-        L.append("Not described (the info part did not complete).")
+        L.append(_missing("info", statuses))
     L += ["", "## Bandwidth (GPU timestamps, median of 5)", ""]
     if bw_rows:
         L += ["| transfer | MiB | GPU ms | wall ms | GB/s | |", "|---|---:|---:|---:|---:|---|"]
         L += [f"| {r['what']} | {r['bytes'] / 2**20:.0f} | {_f(r['gpu_ms'])} | {_f(r['wall_ms'])} | {_f(r['gbps'], '.2f')} | {r['note']} |"
               for r in bw_rows]
     else:
-        L.append("Not measured (the bandwidth part did not complete): no fractions of the bounds below.")
+        L.append(_missing("bandwidth", statuses) + " No fractions of the bounds below.")
     L += ["", "## Tests on the device", ""]
     if tests:
         L.append(f"- `HYPEROPT_TEST_DEVICE={tests['device']}`, validation layer {'on' if tests['validation'] else 'not installed (off)'}: "
                  f"{tests['summary'] or 'no summary'}; Vulkan-backed tests passed: {tests['vulkan_passed']}")
         L += [f"- {line}" for line in tests["failures"]]
     else:
-        L.append("No result (the tests part did not complete).")
-    L += _bench_tables(rows)
-    L += _peer_table([r for r in rows if r["kind"] == "peer"])
+        L.append(_missing("tests", statuses))
+    L += _bench_tables(rows, statuses)
+    L += _peer_table([r for r in rows if r["kind"] == "peer"], statuses)
     text = "\n".join(L) + "\n"
     (out / "gpu_check.md").write_text(text)
     try:
@@ -127,14 +128,20 @@ def write_report(out: Path, args, statuses: dict, elapsed_s: float) -> str:
     return text
 
 
-def _bench_tables(rows) -> list[str]:
+def _missing(part, statuses) -> str:
+    if part not in statuses:
+        return "Not run (not among --parts)."
+    return f"No result: the {part} part {statuses[part]['status']} ({statuses[part]['reason']})."
+
+
+def _bench_tables(rows, statuses) -> list[str]:
     bench = [r for r in rows if r["kind"] == "bench"]
     L = ["", "## Optimizer steps: CPU path against the Vulkan path", "",
          "Per step: end-to-end ms (NumPy arrays in and out, median), kernel-only and whole-submit GPU ms "
          "(timestamps, median of 3), MB copied host<->device (up + down) and through device memory (modelled from "
          "the shaders' read/write qualifiers), and the achieved fraction of each bound.", ""]
     if not bench:
-        return L + ["No result (the bench part did not complete)."]
+        return L + [_missing("bench", statuses)]
     L += ["| optimizer | size | CPU path ms | GPU e2e ms | kernel ms | submit ms | MB up+down | MB device | "
           "host<->device bound | device bound | CPU/GPU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     keyed = {}
@@ -165,10 +172,10 @@ def _bench_tables(rows) -> list[str]:
     return L
 
 
-def _peer_table(peers) -> list[str]:
+def _peer_table(peers, statuses) -> list[str]:
     L = ["", "## AdamW peers on CUDA", ""]
     if not peers:
-        return L + ["No result (the peers part did not complete)."]
+        return L + [_missing("peers", statuses)]
     ok = [p for p in peers if p["status"] == "ok"]
     if ok:
         L += ["| peer | size | e2e ms | kernel ms | host<->device bound | device bound |", "|---|---|---:|---:|---:|---:|"]

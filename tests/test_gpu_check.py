@@ -52,11 +52,13 @@ def test_timestamps_are_off_by_default_and_read_kernel_and_submit_time(vulkan_de
     backend.ctx.timestamps = True
     try:
         for _ in range(2):
+            total = backend.ctx.kernel_seconds_total
             opt.step(gradients=grads)
         kernel, submit = backend.last_kernel_seconds, backend.last_submit_seconds
     finally:
         backend.ctx.timestamps = False
     assert 0 < kernel <= submit < 10
+    assert backend.ctx.kernel_seconds_total - total == pytest.approx(kernel)    # one launch per AdamW step
     before = params[0].copy()
     opt.step(gradients=grads)              # timestamps off again: the untimed command buffer still steps
     assert not np.array_equal(before, params[0])
@@ -127,11 +129,17 @@ def test_a_device_that_does_not_exist_fails_every_part_clearly(tmp_path):
     assert "| info | failed |" in md and "| bandwidth | failed |" in md and "no Vulkan device" in md
 
 
+CARRY = ROOT / "benchmarks" / "h200" / "carry"      # made by benchmarks/h200/prepare.sh (needs network)
+
+
 @pytest.mark.timeout(200)
-def test_h200_run_script_writes_at_most_eight_files_to_out(tmp_path, vulkan_device):
+@pytest.mark.parametrize("carried", [False, True])
+def test_h200_run_script_writes_at_most_eight_files_to_out(tmp_path, vulkan_device, carried):
+    if carried and not list(CARRY.glob("debs/vulkan-validationlayers_*.deb")):
+        pytest.skip("benchmarks/h200/prepare.sh has not been run here")
     out = tmp_path / "OUT"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, DEVICE=vulkan_device, GPU_CHECK_TIME_LIMIT="60",
-               GPU_CHECK_ARGS="--quick --parts info bandwidth", CARRY=str(tmp_path / "no-carry"))
+               GPU_CHECK_ARGS="--quick --parts info bandwidth", CARRY=str(CARRY if carried else tmp_path / "no-carry"))
     r = subprocess.run(["bash", str(ROOT / "benchmarks" / "h200" / "run.sh")], env=env, capture_output=True, text=True,
                        timeout=180)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
@@ -139,3 +147,5 @@ def test_h200_run_script_writes_at_most_eight_files_to_out(tmp_path, vulkan_devi
     assert files == ["gpu_check.csv", "gpu_check.log", "gpu_check.md", "gpu_check.png", "parts.tar.gz", "run.log"]
     log = (out / "run.log").read_text()
     assert "Vulkan loader: already installed" in log and "run.sh: gpu_check exit status 0" in log
+    if carried:     # the carried layer, unpacked under /tmp with an absolute library path, is the one listed
+        assert "validation layer: /tmp/" in log and "VK_LAYER_KHRONOS_validation" in (out / "gpu_check.md").read_text()

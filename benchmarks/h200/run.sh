@@ -16,6 +16,7 @@ CARRY=${CARRY:-benchmarks/h200/carry}
 PYTHON=${PYTHON:-python3}
 LIMIT=${GPU_CHECK_TIME_LIMIT:-460}
 WORK=$(mktemp -d /tmp/hyperopt-gpu-check.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
 
 setup() {
     if ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then

@@ -96,6 +96,7 @@ class Context:
         self.timestamp_bits = families[self.family].timestampValidBits      # 0: no timestamps
         self.timestamp_period_ns = float(self.limits.timestampPeriod)
         self.timestamps = os.environ.get("HYPEROPT_VULKAN_TIMESTAMPS") == "1"
+        self.kernel_seconds_total = self.submit_seconds_total = 0.0   # over every timed launch (multi-launch steps)
         self.pool = vk.vkCreateCommandPool(self.device, vk.VkCommandPoolCreateInfo(
             flags=vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT, queueFamilyIndex=self.family), None)
         self.fence = vk.vkCreateFence(self.device, vk.VkFenceCreateInfo(), None)
@@ -878,6 +879,8 @@ class VulkanProgram:
         seconds = ctx.timestamp_period_ns * 1e-9
         self.kernel_seconds = ((ticks[2] - ticks[1]) & mask) * seconds
         self.submit_seconds = ((ticks[3] - ticks[0]) & mask) * seconds
+        ctx.kernel_seconds_total += self.kernel_seconds
+        ctx.submit_seconds_total += self.submit_seconds
 
     def free(self):
         if self.pool is None:
