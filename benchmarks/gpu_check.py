@@ -152,6 +152,9 @@ def run_part_process(args, name, budget, say) -> dict:
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)
+    except BaseException:          # e.g. Ctrl-C: the part runs in its own session, so end it too
+        _kill_group(proc)
+        raise
     reader.join(timeout=5)
     seconds = time.monotonic() - t0
     records = read_records(args.out, name)
@@ -418,11 +421,13 @@ class LaunchMeter:
 
         def launch(program, upload, upload_params, download):
             original(program, upload, upload_params, download)
-            meter.record(program, upload, upload_params, download)
+            if meter.active:      # off while end-to-end time is measured: the count costs Python time
+                meter.record(program, upload, upload_params, download)
 
         VulkanProgram.launch = launch
 
     def reset(self):
+        self.active = False
         self.launches, self.kernel_s, self.submit_s = 0, 0.0, 0.0
         self.upload_bytes = self.download_bytes = self.device_bytes = 0
         self.timed = True
@@ -456,10 +461,16 @@ def shapes_of(size):
 
 
 def size_label(size) -> str:
-    from benchmarks.run import MIX, label
+    """10_000 -> "1e4", 256_000_000 -> "256e6"; the mixes by name."""
+    from benchmarks.run import MIX
     if size == MIX:
         return "mix200"
-    return "mix200-small" if size == "mix200-small" else label(size)
+    if isinstance(size, str):
+        return size
+    for e in range(12, 0, -1):
+        if size % 10 ** e == 0 and size // 10 ** e < 1000:
+            return f"{size // 10 ** e}e{e}"
+    return str(size)
 
 
 _data_cache: dict = {}
@@ -584,13 +595,14 @@ def bench_cell(factory, size, path, device, meter, budget_s) -> dict:
             try:
                 kernel, submit, reps = [], [], 3
                 meter.reset()
+                meter.active = True
                 for _ in range(reps):
                     before = (meter.kernel_s, meter.submit_s)
                     step()
                     kernel.append(meter.kernel_s - before[0])
                     submit.append(meter.submit_s - before[1])
             finally:
-                ctx.timestamps = False
+                ctx.timestamps = meter.active = False
             row.update(kernel_ms=statistics.median(kernel) * 1e3 if meter.timed else None,
                        submit_ms=statistics.median(submit) * 1e3 if meter.timed else None,
                        launches=meter.launches / reps, upload_bytes=meter.upload_bytes / reps,

@@ -138,7 +138,7 @@ def _bench_tables(rows, statuses) -> list[str]:
     bench = [r for r in rows if r["kind"] == "bench"]
     L = ["", "## Optimizer steps: CPU path against the Vulkan path", "",
          "Per step: end-to-end ms (NumPy arrays in and out, median), kernel-only and whole-submit GPU ms "
-         "(timestamps, median of 3), MB copied host<->device (up + down) and through device memory (modelled from "
+         "(timestamps, median of 3), MB copied host<->device (up + down; 0 where the arenas are mapped, on unified memory) and through device memory (modelled from "
          "the shaders' read/write qualifiers), and the achieved fraction of each bound.", ""]
     if not bench:
         return L + [_missing("bench", statuses)]
@@ -148,7 +148,10 @@ def _bench_tables(rows, statuses) -> list[str]:
     for r in bench:
         keyed.setdefault((r["optimizer"], r["size"]), {})[r["path"]] = r
     crossover = {}
-    for (opt, size), paths in keyed.items():
+    order = {o: k for k, o in enumerate(dict.fromkeys(r["optimizer"] for r in bench))}
+    elements = {(r["optimizer"], r["size"]): r["elements"] for r in bench}
+    for (opt, size), paths in sorted(keyed.items(), key=lambda kv: (order[kv[0][0]], kv[0][1].startswith("mix"),
+                                                                      elements[kv[0]])):
         c, g = paths.get("cpu", {}), paths.get("gpu", {})
         ok_c, ok_g = c.get("status") == "ok", g.get("status") == "ok"
         cpu_ms = c.get("e2e_ms") if ok_c else None
@@ -160,7 +163,7 @@ def _bench_tables(rows, statuses) -> list[str]:
                  f"{_f(mb / 1e6 if mb is not None else None, '.1f')} | {_f((g.get('device_bytes') or 0) / 1e6 if ok_g else None, '.1f')} | "
                  f"{_f(g.get('pcie_fraction'), '.0%')} | {_f(g.get('device_fraction'), '.0%')} | {_f(ratio, '.2f')} |")
         if ratio is not None and size.startswith(tuple("0123456789")):
-            crossover.setdefault(opt, []).append((paths["gpu"]["elements"], size, ratio))
+            crossover.setdefault(opt, []).append((elements[(opt, size)], size, ratio))
     L += ["", "Smallest single-tensor size from which the Vulkan path is faster end to end, among the sizes measured:", ""]
     for opt, pts in crossover.items():
         pts.sort()
