@@ -228,6 +228,10 @@ def run_part(args) -> int:
         traceback.print_exc()
         part.emit(type="done", status="failed", reason=f"{type(exc).__name__}: {exc}")
         return 1
+    vulkan = sys.modules.get("hyperopt.backends.vulkan")      # the layer must stay silent (HYPEROPT_VULKAN_VALIDATION=1)
+    if not failure and vulkan is not None and vulkan.validation_messages:
+        failure = (f"the validation layer reported {len(vulkan.validation_messages)} message(s), first: "
+                   f"{vulkan.validation_messages[0][:300]}")
     if failure:
         part.emit(type="done", status="failed", reason=failure)
         print(f"part {args.part} failed: {failure}", flush=True)
@@ -536,10 +540,6 @@ def part_bench(part: Part):
         print(f"[{k}/{len(cells)}] {name:24s} {size_label(size):>12s} {path} {row['backend'][:28]:28s} "
               f"{row['e2e_ms']:10.3f} ms" + (f"  kernel {row['kernel_ms']:.3f} ms" if row.get("kernel_ms") is not None else ""),
               flush=True)
-    from hyperopt.backends import vulkan
-    if vulkan.validation_messages:
-        failures.append(f"the validation layer reported {len(vulkan.validation_messages)} message(s), first: "
-                        f"{vulkan.validation_messages[0][:300]}")
     if failures:
         return f"{len(failures)} failure(s), first: {failures[0]}"
     if not_run:
