@@ -86,10 +86,27 @@ def bench_optimizer(factory, shapes, use_gpu, device, budget_s):
     grads = [(0.01 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
     opt = factory(params, use_gpu, device)
     try:
-        return time_steps(lambda: opt.step(gradients=grads), budget_s), opt.backend
+        seconds = time_steps(lambda: opt.step(gradients=grads), budget_s)
+        return seconds, opt.backend, kernel_seconds(opt, lambda: opt.step(gradients=grads))
     finally:
         if hasattr(opt, "close"):
             opt.close()
+
+
+def kernel_seconds(opt, step, reps=3):
+    """Median GPU time of a step's dispatches alone (Vulkan timestamps, every launch of the step), or None."""
+    ctx = getattr(opt._backend, "ctx", None)
+    if ctx is None or not getattr(ctx, "timestamp_bits", 0):
+        return None
+    ctx.timestamps, times = True, []
+    try:
+        for _ in range(reps):
+            before = ctx.kernel_seconds_total
+            step()
+            times.append(ctx.kernel_seconds_total - before)
+    finally:
+        ctx.timestamps = False
+    return statistics.median(times)
 
 
 def bench_torch(shapes, mode, budget_s):
@@ -144,9 +161,12 @@ def main(argv=None):
     total = len(cells) + len(torch_cells)
     rows = []
     for k, (name, (bname, use_gpu, device), size) in enumerate(cells, 1):
-        seconds, actual = bench_optimizer(all_cases[name], shapes_for(size), use_gpu, device, args.budget)
+        seconds, actual, kernel = bench_optimizer(all_cases[name], shapes_for(size), use_gpu, device, args.budget)
         rows.append(dict(optimizer=name, backend=actual, size=label(size), ms=seconds * 1e3))
-        print(f"[{k:3d}/{total}] {name:24s} {actual[:40]:40s} {label(size):>20s} {seconds * 1e3:10.3f} ms", flush=True)
+        if kernel is not None:      # the same steps' GPU time, dispatches alone (timestamps)
+            rows.append(dict(optimizer=name, backend="kernel-only (vulkan)", size=label(size), ms=kernel * 1e3))
+        print(f"[{k:3d}/{total}] {name:24s} {actual[:40]:40s} {label(size):>20s} {seconds * 1e3:10.3f} ms"
+              + (f"  kernel-only {kernel * 1e3:.3f} ms" if kernel is not None else ""), flush=True)
     for k, (mode, size) in enumerate(torch_cells, len(cells) + 1):
         seconds = bench_torch(shapes_for(size), mode, args.budget)
         rows.append(dict(optimizer="AdamW", backend=f"torch-cpu {mode}", size=label(size), ms=seconds * 1e3))

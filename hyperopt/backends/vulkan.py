@@ -26,7 +26,9 @@ a new process does not compile the shaders again; a missing or read-only directo
 
 Environment: ``HYPEROPT_VULKAN_VALIDATION=1`` enables the Khronos validation layer and records its
 messages in ``validation_messages``; ``HYPEROPT_VULKAN_STAGING=1`` forces the discrete-GPU path
-(device-local arenas plus staging copies) on unified-memory devices, so it is tested everywhere.
+(device-local arenas plus staging copies) on unified-memory devices, so it is tested everywhere;
+``HYPEROPT_VULKAN_TIMESTAMPS=1`` (or ``ctx.timestamps = True``) records GPU timestamps around each
+submit, read as ``backend.last_kernel_seconds`` and ``backend.last_submit_seconds``.
 """
 from __future__ import annotations
 
@@ -102,6 +104,11 @@ class Context:
         self.device = vk.vkCreateDevice(self.physical, vk.VkDeviceCreateInfo(
             queueCreateInfoCount=1, pQueueCreateInfos=[queue_info], pEnabledFeatures=features), None)
         self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
+        # GPU timestamps, on demand only: a step without them records and reads no queries
+        self.timestamp_bits = families[self.family].timestampValidBits      # 0: no timestamps
+        self.timestamp_period_ns = float(self.limits.timestampPeriod)
+        self.timestamps = os.environ.get("HYPEROPT_VULKAN_TIMESTAMPS") == "1"
+        self.kernel_seconds_total = self.submit_seconds_total = 0.0   # over every timed launch (multi-launch steps)
         self.pool = vk.vkCreateCommandPool(self.device, vk.VkCommandPoolCreateInfo(
             flags=vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT, queueFamilyIndex=self.family), None)
         self.fence = vk.vkCreateFence(self.device, vk.VkFenceCreateInfo(), None)
@@ -752,6 +759,7 @@ class VulkanBackend:
         if program.pool is None:
             raise RuntimeError("this program was freed (the parameters or the control buffer changed since it was built)")
         staging = self.ctx.staging
+        self._last_program = program
         ctl = self._ctl.floats()[: self._ctl_host.size]
         ctl[:] = self._ctl_host
         for mapped, table in zip(program.mapped_tables, program.tables):
@@ -766,6 +774,18 @@ class VulkanBackend:
                 p[...] = view[slices[i]].reshape(p.shape)
         return [buf.floats(self.dtype)[: len(self._params) * n].reshape(-1, n).astype(np.float64)
                 for buf, n in program.sum_outputs]
+
+    @property
+    def last_kernel_seconds(self):
+        """GPU time of the last step's dispatches alone (timestamps on), else None."""
+        program = getattr(self, "_last_program", None)
+        return program.kernel_seconds if program is not None else None
+
+    @property
+    def last_submit_seconds(self):
+        """GPU time of the last step's whole command buffer, copies included (timestamps on), else None."""
+        program = getattr(self, "_last_program", None)
+        return program.submit_seconds if program is not None else None
 
     def _upload(self, grads):
         view, slices = self._grad_in, self._slices
@@ -853,6 +873,8 @@ class VulkanProgram:
                 last_sums = (sums, n_sums)
         self._steps = steps
         self._cmds = {}
+        self._queries = None               # timestamp query pool, made on first timed launch
+        self.kernel_seconds = self.submit_seconds = None
 
     def _own(self, nbytes):
         b = Buffer(self.ctx, nbytes, host=True)
@@ -871,11 +893,21 @@ class VulkanProgram:
         vk.vkUpdateDescriptorSets(self.ctx.device, len(writes), writes, 0, None)
         return ds
 
-    def _record(self, upload, upload_params, download):
+    def _record(self, upload, upload_params, download, timed=False):
         ctx = self.ctx
         cmd = vk.vkAllocateCommandBuffers(ctx.device, vk.VkCommandBufferAllocateInfo(
             commandPool=ctx.pool, level=vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY, commandBufferCount=1))[0]
         vk.vkBeginCommandBuffer(cmd, vk.VkCommandBufferBeginInfo())
+
+        def stamp(k):
+            # BOTTOM_OF_PIPE: written once every earlier command has finished; query 0 marks the start
+            if timed:
+                stage = vk.VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT if k == 0 else vk.VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT
+                vk.vkCmdWriteTimestamp(cmd, stage, self._queries, k)
+
+        if timed:
+            vk.vkCmdResetQueryPool(cmd, self._queries, 0, 4)
+        stamp(0)
         compute = vk.VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT
         transfer = vk.VK_PIPELINE_STAGE_TRANSFER_BIT
 
@@ -891,6 +923,7 @@ class VulkanProgram:
                     vk.VkBufferCopy(srcOffset=0, dstOffset=0, size=src.nbytes)])
         if upload or upload_params:
             barrier(transfer, vk.VK_ACCESS_TRANSFER_WRITE_BIT, compute, rw)
+        stamp(1)
         for step in self._steps:
             for pipe, ds, push, groups in step:
                 vk.vkCmdBindPipeline(cmd, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe[0])
@@ -899,6 +932,7 @@ class VulkanProgram:
                 vk.vkCmdPushConstants(cmd, pipe[1], vk.VK_SHADER_STAGE_COMPUTE_BIT, 0, PUSH_BYTES, ffi.from_buffer(data))
                 vk.vkCmdDispatch(cmd, groups, 1, 1)
             barrier(compute, vk.VK_ACCESS_SHADER_WRITE_BIT, compute, rw)
+        stamp(2)
         if download:
             p = self._staging["param"]
             barrier(compute, vk.VK_ACCESS_SHADER_WRITE_BIT, transfer, vk.VK_ACCESS_TRANSFER_READ_BIT)
@@ -907,15 +941,34 @@ class VulkanProgram:
             barrier(transfer, vk.VK_ACCESS_TRANSFER_WRITE_BIT, vk.VK_PIPELINE_STAGE_HOST_BIT, vk.VK_ACCESS_HOST_READ_BIT)
         else:
             barrier(compute, vk.VK_ACCESS_SHADER_WRITE_BIT, vk.VK_PIPELINE_STAGE_HOST_BIT, vk.VK_ACCESS_HOST_READ_BIT)
+        stamp(3)
         vk.vkEndCommandBuffer(cmd)
         return cmd, self.ctx.submit_info(cmd)
 
     def launch(self, upload, upload_params, download):
-        key = (upload, upload_params, download)
+        timed = self.ctx.timestamps and self.ctx.timestamp_bits > 0
+        key = (upload, upload_params, download, timed)
         with self.ctx.lock:        # the command pool and the queue are shared by the device's optimizers
+            if timed and self._queries is None:
+                self._queries = vk.vkCreateQueryPool(self.ctx.device, vk.VkQueryPoolCreateInfo(
+                    queryType=vk.VK_QUERY_TYPE_TIMESTAMP, queryCount=4), None)
             if key not in self._cmds:
                 self._cmds[key] = self._record(*key)
             self.ctx.submit(self._cmds[key][1])
+            if timed:
+                self._read_timestamps()
+
+    def _read_timestamps(self):
+        ctx = self.ctx
+        ticks = ffi.new("uint64_t[4]")
+        check(vk.lib.vkGetQueryPoolResults(ctx.device, self._queries, 0, 4, ffi.sizeof(ticks), ticks, 8,
+                                           vk.VK_QUERY_RESULT_64_BIT | vk.VK_QUERY_RESULT_WAIT_BIT))
+        mask = (1 << ctx.timestamp_bits) - 1 if ctx.timestamp_bits < 64 else (1 << 64) - 1
+        seconds = ctx.timestamp_period_ns * 1e-9
+        self.kernel_seconds = ((ticks[2] - ticks[1]) & mask) * seconds
+        self.submit_seconds = ((ticks[3] - ticks[0]) & mask) * seconds
+        ctx.kernel_seconds_total += self.kernel_seconds
+        ctx.submit_seconds_total += self.submit_seconds
 
     def free(self):
         if self.pool is None:
@@ -924,6 +977,9 @@ class VulkanProgram:
             for cmd, _ in self._cmds.values():
                 vk.vkFreeCommandBuffers(self.ctx.device, self.ctx.pool, 1, [cmd])
         self._cmds.clear()
+        if self._queries is not None:
+            vk.vkDestroyQueryPool(self.ctx.device, self._queries, None)
+            self._queries = None
         vk.vkDestroyDescriptorPool(self.ctx.device, self.pool, None)
         self.pool = None
         self.mapped_tables = []
