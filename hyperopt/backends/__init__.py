@@ -15,6 +15,7 @@ fallback raises instead (the test suite uses this to prove the shaders ran).
 """
 from __future__ import annotations
 
+import collections
 import os
 import warnings
 
@@ -22,10 +23,35 @@ from .numpy_backend import NumpyBackend
 
 _warned: set[str] = set()
 
+#: kernel runs per implementation ("numpy", "numba", "vulkan"): tests read it to prove which ran
+launch_counts: collections.Counter = collections.Counter()
+
+
+def cpu_backend():
+    """The CPU backend: the fused numba kernels when numba imports, else the NumPy twins.
+
+    ``HYPEROPT_CPU_KERNELS=numpy`` picks the twins, ``=numba`` insists on the fused kernels."""
+    choice = os.environ.get("HYPEROPT_CPU_KERNELS", "").strip().lower()
+    if choice not in ("", "numba", "numpy"):
+        raise ValueError(f"HYPEROPT_CPU_KERNELS must be 'numba' or 'numpy', got {choice!r}")
+    if choice == "numpy":
+        return NumpyBackend()
+    try:
+        from .numba_backend import NumbaBackend
+        return NumbaBackend()
+    except ImportError as exc:
+        if choice == "numba":
+            raise RuntimeError(f"HYPEROPT_CPU_KERNELS=numba but numba cannot be imported ({exc})") from exc
+        if getattr(exc, "name", None) != "numba" and "numba" not in _warned:   # installed but broken
+            _warned.add("numba")
+            warnings.warn(f"numba is installed but failed to import ({exc}); running the NumPy kernels",
+                          RuntimeWarning, stacklevel=4)
+        return NumpyBackend()
+
 
 def select_backend(use_gpu: bool, device=None):
     if not use_gpu:
-        return NumpyBackend()
+        return cpu_backend()
     device = os.environ.get("HYPEROPT_DEVICE", "gpu") if device is None else device
     try:
         from .vulkan import VulkanBackend, VulkanUnavailable
@@ -43,4 +69,4 @@ def _fallback(reason: str):
     if reason not in _warned:
         _warned.add(reason)
         warnings.warn(f"use_gpu=True but {reason}; running on NumPy", RuntimeWarning, stacklevel=4)
-    return NumpyBackend()
+    return cpu_backend()
