@@ -30,6 +30,7 @@ import types
 import numpy as np
 
 from ..kernels.core import CHUNK, CONTROL, FUSED_HELPERS, LANES, lanes_total
+from . import launch_counts
 from .numpy_backend import NumpyBackend
 
 _log = logging.getLogger("hyperopt")
@@ -155,6 +156,7 @@ class NumbaBackend(NumpyBackend):
     def __init__(self):
         load_numba()
         super().__init__()
+        self._views: dict[tuple[str, ...], list] = {}
 
     def bind(self, arrays, state_names):
         super().bind(arrays, state_names)
@@ -162,6 +164,16 @@ class NumbaBackend(NumpyBackend):
             for j, b in enumerate(bufs):
                 if not b.flags.c_contiguous:
                     bufs[j] = np.ascontiguousarray(b)
+        self._views = {}
+
+    def set_param(self, i, array):
+        """The caller rebound parameter ``i`` to ``array`` (same shape and dtype); state is kept."""
+        parent = getattr(super(), "set_param", None)
+        if parent is not None:
+            parent(i, array)
+        else:
+            self._params[i] = array
+        self._views = {}
 
     def run(self, program, grads=None, download=True, upload_params=False):
         if grads is not None:
@@ -177,21 +189,31 @@ class NumbaBackend(NumpyBackend):
                 results.append(last)
         return results
 
+    def _flat_views(self, names):
+        """Per segment, the flat views of the buffers ``names`` (None where a copy or the gradient is
+        needed at run time); they only change when ``bind`` or ``set_param`` does."""
+        views = self._views.get(names)
+        if views is None:
+            views = self._views[names] = [
+                [None if n == "grad" or not self._arrays(n, i).flags.c_contiguous else self._arrays(n, i).reshape(-1)
+                 for n in names] for i in range(len(self._params))]
+        return views
+
     def _run_fused(self, kernel, names, table):
-        from . import launch_counts
         sums = np.zeros((len(self._params), len(kernel.sums)), np.float64)
         ctl = self._ctl
+        views = self._flat_views(names)
         for i in sorted(self._grads):
-            flat, back = [], []
-            for name in names:
-                a = self._arrays(name, i)
-                if a.flags.c_contiguous:
-                    flat.append(a.reshape(-1))
-                else:                         # e.g. a transposed parameter: run on a C-order copy
-                    c = np.ascontiguousarray(a).reshape(-1)
-                    flat.append(c)
-                    if name != "grad":        # kernels never write gradients (which may be read-only)
-                        back.append((a, c))
+            flat, back = list(views[i]), None
+            for j, v in enumerate(flat):
+                if v is None:
+                    a = self._arrays(names[j], i)
+                    if a.flags.c_contiguous:
+                        flat[j] = a.reshape(-1)
+                    else:                      # e.g. a transposed parameter: run on a C-order copy
+                        flat[j] = np.ascontiguousarray(a).reshape(-1)
+                        if names[j] != "grad":   # kernels never write gradients (which may be read-only)
+                            back = (back or []) + [(a, flat[j])]
             n = flat[0].size
             args = (n, tuple(flat), tuple(table[i]), ctl, sums[i])
             if n > CHUNK:
@@ -200,7 +222,7 @@ class NumbaBackend(NumpyBackend):
                     drive(*args)
             else:
                 _driver(kernel, False)(*args)
-            for a, c in back:
+            for a, c in back or ():
                 a[...] = c.reshape(a.shape)
         launch_counts["numba"] += 1
         return sums
