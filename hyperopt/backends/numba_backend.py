@@ -18,6 +18,7 @@ kernels; serial ones run freely).  The lock is renewed in a forked child.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
@@ -124,6 +125,20 @@ def _jit_helpers(fn, numba, done):
     return env
 
 
+@functools.lru_cache(maxsize=1)
+def _kernels_hash() -> str:
+    """A short hash of the source of every module of ``hyperopt.kernels`` (bodies and helpers)."""
+    digest = hashlib.sha1()
+    for name in sorted(m for m in sys.modules if m.startswith("hyperopt.kernels")):
+        module = sys.modules[name]
+        try:
+            digest.update(inspect.getsource(module).encode())
+        except (OSError, TypeError):       # no source shipped: the compiled file's bytes instead
+            with open(module.__file__, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
 def _driver(kernel, parallel: bool):
     """The compiled driver of ``kernel`` (parallel over blocks or serial), built once per process."""
     key = (kernel.name, parallel)
@@ -137,10 +152,10 @@ def _driver(kernel, parallel: bool):
             done: dict = {}
             body = numba.njit(types.FunctionType(body_fn.__code__, _jit_helpers(body_fn, numba, done),
                                                  body_fn.__name__), **_FLAGS)
-            # The cache is keyed by the driver's name and source file: name it after the kernel, the
-            # variant and a hash of the kernel's module, so an edited body never meets a stale build.
-            source = inspect.getsource(sys.modules[body_fn.__module__]).encode()
-            tag = hashlib.sha1(source).hexdigest()[:12]
+            # numba's cache is keyed by the driver's name and file (whose stamp it checks): name it after
+            # the kernel, the variant and a hash of the kernel modules, so an edited body or helper
+            # never meets a stale build.
+            tag = _kernels_hash()
             env = dict(_drive.__globals__, _body=body, _lanes_total=numba.njit(lanes_total, **_FLAGS),
                        prange=numba.prange if parallel else range)
             name = f"drive_{kernel.name}_{'parallel' if parallel else 'serial'}_{tag}"
