@@ -146,7 +146,7 @@ def test_without_a_vulkan_loader_import_works_and_falls_back(tmp_path):
     env.pop("HYPEROPT_REQUIRE_VULKAN", None)
     out = subprocess.run([sys.executable, "-c", NO_LOADER], env=env, capture_output=True, text=True, check=True)
     words = out.stdout.split()
-    assert words[0] == "numpy" and words[1] == "1"
+    assert words[0] in ("numpy", "numba") and words[1] == "1"   # the CPU path
     assert "Vulkan loader could not be loaded" in out.stdout
     assert float(words[-1]) < 0
 
@@ -160,7 +160,7 @@ def test_gpu_request_without_hardware_gpu_warns(monkeypatch):
     monkeypatch.delenv("HYPEROPT_REQUIRE_VULKAN", raising=False)
     with pytest.warns(RuntimeWarning, match="no Vulkan device matches device='gpu'"):
         opt = AdamW([np.zeros(2, np.float32)], use_gpu=True, device="gpu")
-    assert opt.backend == "numpy"
+    assert opt.backend in ("numpy", "numba")
 
 
 def _devices():

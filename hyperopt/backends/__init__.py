@@ -68,5 +68,5 @@ def _fallback(reason: str):
         raise RuntimeError(f"HYPEROPT_REQUIRE_VULKAN=1 but the Vulkan backend is unavailable: {reason}")
     if reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"use_gpu=True but {reason}; running on NumPy", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"use_gpu=True but {reason}; running on the CPU", RuntimeWarning, stacklevel=4)
     return cpu_backend()

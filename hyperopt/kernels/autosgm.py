@@ -85,45 +85,51 @@ def _front(param, grad, g_sm, g_var, g_mag, *, wd, coupled, decoupled, eta_i, be
 
 
 @fused_helper
-def autosgm_front_fused(i, w, g, g_sm, g_var, g_mag, s):
-    """One element of ``_front`` (``s`` starts with the front scalars); returns (g, d, v)."""
+def autosgm_front_fused(w, g, g_sm, g_var, g_mag, s):
+    """One element of ``_front`` (``s`` starts with the front scalars): takes the element's filter
+    states and returns (g, d, v, g_sm, g_var, g_mag) with the states updated.  Scalars in, scalars
+    out: passing arrays to a helper costs reference counting per element."""
     (wd, coupled, decoupled, eta_i, beta_i, gamma_i, smooth_scale, aopt, eta_a, beta_a, moment_scale,
      eps, huber, one_minus_beta_a, huber_scale) = s[:15]
     if huber != 0:
         mag = np.abs(g)
-        t = g_mag[i] + one_minus_beta_a * mag
-        g_mag[i] = t * beta_a
+        t = g_mag + one_minus_beta_a * mag
+        g_mag = t * beta_a
         t = (t * huber_scale) * np.float32(HUBER_CAP)
         g = np.sign(g) * np.minimum(mag, t)
     wd_w = wd * w
     if coupled != 0 and wd != 0:
         g = g + wd_w
     a = eta_i * g
-    t = g_sm[i] + a
+    t = g_sm + a
     v = t * smooth_scale
-    sm = t * beta_i
+    g_sm = t * beta_i
     if gamma_i != 0:
-        sm = sm - a * gamma_i
-    g_sm[i] = sm
+        g_sm = g_sm - a * gamma_i
     d = g                  # unused when the moment is off (the callers test ``aopt``)
     if aopt != 0:
         d = g + eps
-        d = (d * d) * eta_a + g_var[i]
-        g_var[i] = d * beta_a
+        d = (d * d) * eta_a + g_var
+        g_var = d * beta_a
         d = np.sqrt(d * moment_scale) + eps
         v = v / d
     if decoupled != 0 and wd != 0:
         v = v + wd_w * decoupled
-    return g, d, v
+    return g, d, v, g_sm, g_var, g_mag
 
 
 def autosgm_update_fused(lo, hi, bufs, s, ctl, lanes):
     """Fused body of ``autosgm_update``."""
     param, grad, g_sm, g_var, g_mag = bufs
-    alpha = s[15]
+    alpha, aopt, huber = s[15], s[7], s[12]
     for i in range(lo, hi):
         w = param[i]
-        _, _, v = autosgm_front_fused(i, w, grad[i], g_sm, g_var, g_mag, s)
+        _, _, v, sm, var, mag = autosgm_front_fused(w, grad[i], g_sm[i], g_var[i], g_mag[i], s)
+        g_sm[i] = sm
+        if aopt != 0:          # buffers of switched-off parts may be placeholders: never written
+            g_var[i] = var
+        if huber != 0:
+            g_mag[i] = mag
         param[i] = w + v * alpha
 
 
@@ -143,12 +149,17 @@ def autosgm_stats_fused(lo, hi, bufs, s, ctl, lanes):
     """Fused body of ``autosgm_stats``."""
     param, grad, g_sm, g_var, g_mag, wsq, pcor, pcx, upd = bufs
     num_lrc, lr0, beta_n, one_minus_beta_n = s[15:]
-    aopt, beta_a, one_minus_beta_a = s[7], s[9], s[13]
+    aopt, beta_a, huber, one_minus_beta_a = s[7], s[9], s[12], s[13]
     mode = int(num_lrc)
     one = np.ones(1, param.dtype)[0]      # a literal 1 would promote float32 to float64
     for i in range(lo, hi):
         w = param[i]
-        g, d, v = autosgm_front_fused(i, w, grad[i], g_sm, g_var, g_mag, s)
+        g, d, v, sm, var, mag = autosgm_front_fused(w, grad[i], g_sm[i], g_var[i], g_mag[i], s)
+        g_sm[i] = sm
+        if aopt != 0:
+            g_var[i] = var
+        if huber != 0:
+            g_mag[i] = mag
         upd[i] = v
         if mode == 1 or mode == 2:
             c = wsq[i] + one_minus_beta_n * (w * w)
