@@ -92,8 +92,11 @@ def load_numba():
 
 
 # The driver of every kernel: ``_body`` and ``prange`` are bound per kernel and variant (see
-# ``_driver``).  ``out`` gets the segment's sums (one per sum of the kernel).
-def _drive(n, bufs, s, ctl, out):
+# ``_driver``).  Segment ``i`` has ``n`` elements, its scalars in ``table[i]``; ``sums[i]`` gets
+# its sums.  (Whole tables in, rows taken here: fewer Python objects per call.)
+def _drive(n, bufs, table, i, ctl, sums):
+    s = table[i]
+    out = sums[i]
     n_sums = out.shape[0]
     n_blocks = (n + CHUNK - 1) // CHUNK
     partials = np.zeros((n_blocks, n_sums))
@@ -230,7 +233,7 @@ class NumbaBackend(NumpyBackend):
                         if names[j] != "grad":   # kernels never write gradients (which may be read-only)
                             back = (back or []) + [(a, flat[j])]
             n = flat[0].size
-            args = (n, tuple(flat), tuple(table[i]), ctl, sums[i])
+            args = (n, tuple(flat), table, i, ctl, sums)
             if n > CHUNK:
                 drive = _driver(kernel, True)
                 with _parallel_lock:

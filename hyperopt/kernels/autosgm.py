@@ -85,12 +85,18 @@ def _front(param, grad, g_sm, g_var, g_mag, *, wd, coupled, decoupled, eta_i, be
 
 
 @fused_helper
-def autosgm_front_fused(w, g, g_sm, g_var, g_mag, s):
-    """One element of ``_front`` (``s`` starts with the front scalars): takes the element's filter
-    states and returns (g, d, v, g_sm, g_var, g_mag) with the states updated.  Scalars in, scalars
-    out: passing arrays to a helper costs reference counting per element."""
+def autosgm_front_scalars(s):
+    """The front end's scalars (the first 15 of a row) as a tuple, taken once per block."""
+    return (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13], s[14])
+
+
+@fused_helper
+def autosgm_front_fused(w, g, g_sm, g_var, g_mag, front):
+    """One element of ``_front`` (``front`` from ``autosgm_front_scalars``): takes the element's
+    filter states and returns (g, d, v, g_sm, g_var, g_mag) with the states updated.  Scalars in,
+    scalars out: an array argument would cost reference counting on every element."""
     (wd, coupled, decoupled, eta_i, beta_i, gamma_i, smooth_scale, aopt, eta_a, beta_a, moment_scale,
-     eps, huber, one_minus_beta_a, huber_scale) = s[:15]
+     eps, huber, one_minus_beta_a, huber_scale) = front
     if huber != 0:
         mag = np.abs(g)
         t = g_mag + one_minus_beta_a * mag
@@ -122,9 +128,10 @@ def autosgm_update_fused(lo, hi, bufs, s, ctl, lanes):
     """Fused body of ``autosgm_update``."""
     param, grad, g_sm, g_var, g_mag = bufs
     alpha, aopt, huber = s[15], s[7], s[12]
+    front = autosgm_front_scalars(s)
     for i in range(lo, hi):
         w = param[i]
-        _, _, v, sm, var, mag = autosgm_front_fused(w, grad[i], g_sm[i], g_var[i], g_mag[i], s)
+        _, _, v, sm, var, mag = autosgm_front_fused(w, grad[i], g_sm[i], g_var[i], g_mag[i], front)
         g_sm[i] = sm
         if aopt != 0:          # buffers of switched-off parts may be placeholders: never written
             g_var[i] = var
@@ -152,9 +159,10 @@ def autosgm_stats_fused(lo, hi, bufs, s, ctl, lanes):
     aopt, beta_a, huber, one_minus_beta_a = s[7], s[9], s[12], s[13]
     mode = int(num_lrc)
     one = np.ones(1, param.dtype)[0]      # a literal 1 would promote float32 to float64
+    front = autosgm_front_scalars(s)
     for i in range(lo, hi):
         w = param[i]
-        g, d, v, sm, var, mag = autosgm_front_fused(w, grad[i], g_sm[i], g_var[i], g_mag[i], s)
+        g, d, v, sm, var, mag = autosgm_front_fused(w, grad[i], g_sm[i], g_var[i], g_mag[i], front)
         g_sm[i] = sm
         if aopt != 0:
             g_var[i] = var

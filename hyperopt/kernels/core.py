@@ -21,10 +21,11 @@ Kinds of kernel
 Fused bodies (``fused=``, elementwise kernels)
 ----------------------------------------------
 ``body(lo, hi, bufs, s, ctl, lanes)`` updates elements ``lo:hi`` of the flat (C-order) buffers
-``bufs`` (a tuple in declaration order) with ``s`` the segment's scalars (a tuple in table order),
+``bufs`` (a tuple in declaration order) with ``s`` the segment's row of the scalar table,
 in the twin's order of operations, so both give the same bits.  Numba compiles it
 (``hyperopt.backends.numba_backend``), so it is written in the numba subset: plain loops, explicit
-types for literals (``x + 1`` would promote float32 to float64), helpers marked ``@fused_helper``.
+types for literals (``x + 1`` would promote float32 to float64), helpers marked ``@fused_helper``
+that take and return scalars (an array argument costs reference counting on every call).
 Sum ``k`` of the block adds its per-element term to ``lanes[k, i % LANES]``; the backend then
 totals the lanes with ``lanes_total``, which is what ``block_sum`` does for the twins.
 
