@@ -175,6 +175,7 @@ class NumbaBackend(NumpyBackend):
         load_numba()
         super().__init__()
         self._views: dict[tuple[str, ...], list] = {}
+        self._no_sums = np.zeros((0, 0), np.float64)
 
     def bind(self, arrays, state_names):
         super().bind(arrays, state_names)
@@ -218,7 +219,12 @@ class NumbaBackend(NumpyBackend):
         return views
 
     def _run_fused(self, kernel, names, table):
-        sums = np.zeros((len(self._params), len(kernel.sums)), np.float64)
+        if kernel.sums:
+            sums = np.zeros((len(self._params), len(kernel.sums)), np.float64)
+        else:                                  # nothing to hand back: one shared empty table
+            sums = self._no_sums
+            if sums.shape[0] != len(self._params):
+                sums = self._no_sums = np.zeros((len(self._params), 0), np.float64)
         ctl = self._ctl
         views = self._flat_views(names)
         for i in sorted(self._grads):
