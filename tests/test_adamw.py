@@ -38,7 +38,7 @@ def _step_both(rng, ps, tp, ours, ref, steps):
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_matches_torch_over_200_steps(backend, opt_kwargs, rng, amsgrad):
     ps, tp, ours, ref = _pair(rng, opt_kwargs, amsgrad)
-    assert ours.backend.startswith(backend)
+    assert ours.backend.startswith(("numpy", "numba") if backend == "numpy" else backend)
     _step_both(rng, ps, tp, ours, ref, 200)
     st = ours.state_of(ps[2])
     np.testing.assert_allclose(st["exp_avg_sq"], ref.state[tp[2]]["exp_avg_sq"].numpy(), rtol=1e-5, atol=1e-12)

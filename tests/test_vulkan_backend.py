@@ -213,7 +213,7 @@ def test_without_a_vulkan_loader_import_works_and_falls_back(tmp_path):
     env.pop("HYPEROPT_REQUIRE_VULKAN", None)
     out = subprocess.run([sys.executable, "-c", NO_LOADER], env=env, capture_output=True, text=True, check=True)
     words = out.stdout.split()
-    assert words[0] == "numpy" and words[1] == "1"
+    assert words[0] in ("numpy", "numba") and words[1] == "1"   # the CPU path
     assert "Vulkan loader could not be loaded" in out.stdout
     assert float(words[-1]) < 0
 
@@ -235,7 +235,7 @@ def test_gpu_request_without_hardware_gpu_warns_once_at_the_callers_line(monkeyp
         opt = AdamW([np.zeros(2, np.float32)], use_gpu=True)
         AdamW([np.zeros(2, np.float32)], use_gpu=True, device="gpu")     # once per process
     assert len(caught) == 1 and caught[0].filename == __file__
-    assert opt.backend == "numpy"
+    assert opt.backend in ("numpy", "numba")
     monkeypatch.setenv("HYPEROPT_REQUIRE_VULKAN", "1")
     with pytest.raises(RuntimeError, match="HYPEROPT_REQUIRE_VULKAN=1"):
         AdamW([np.zeros(2, np.float32)], use_gpu=True)
@@ -253,7 +253,7 @@ def test_auto_on_a_cpu_only_machine_runs_the_cpu_path_without_a_warning(monkeypa
         warnings.simplefilter("error")
         with caplog.at_level(logging.INFO, logger="hyperopt"):
             opts = [AdamW([np.zeros(2, np.float32)], use_gpu="auto") for _ in range(2)]
-    assert [o.backend for o in opts] == ["numpy", "numpy"]     # a CPU driver is never taken implicitly
+    assert all(o.backend in ("numpy", "numba") for o in opts)     # a CPU driver is never taken implicitly
     notices = [r for r in caplog.records if r.name == "hyperopt"]
     assert len(notices) == 1 and "CPU path" in notices[0].getMessage()
 
@@ -282,8 +282,8 @@ def test_an_explicit_vulkan_device_that_matches_nothing_raises(monkeypatch, use_
 
 def test_device_names_pick_the_path(monkeypatch):
     monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
-    assert AdamW([np.zeros(2, np.float32)], use_gpu="auto", device="cpu").backend == "numpy"
-    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend == "numpy"
+    assert AdamW([np.zeros(2, np.float32)], use_gpu="auto", device="cpu").backend in ("numpy", "numba")
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend in ("numpy", "numba")
     name = vulkan.context(DEVICE).name
     by_index = [k for k, (_, p) in enumerate(_devices()) if vulkan._text(p.deviceName) == name][0]
     for device in (DEVICE, f"vulkan:{by_index}", f"vulkan:{name[:5].upper()}"):
@@ -291,9 +291,9 @@ def test_device_names_pick_the_path(monkeypatch):
     monkeypatch.setenv("HYPEROPT_DEVICE", DEVICE)      # the environment names the device when device=None
     assert AdamW([np.zeros(2, np.float32)]).backend == f"vulkan:{name}"
     monkeypatch.setenv("HYPEROPT_DEVICE", "cpu")
-    assert AdamW([np.zeros(2, np.float32)], use_gpu=True).backend == "numpy"
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=True).backend in ("numpy", "numba")
     monkeypatch.setenv("HYPEROPT_DEVICE", DEVICE)
-    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend == "numpy"   # False is never overridden
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend in ("numpy", "numba")   # False is never overridden
 
 
 def _devices():

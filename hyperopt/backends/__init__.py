@@ -21,6 +21,7 @@ the script has the last word).  ``opt.backend`` always names what really runs.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import sys
@@ -31,6 +32,9 @@ from .numpy_backend import NumpyBackend
 logger = logging.getLogger("hyperopt")
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _told: set[str] = set()              # one-time warnings and notices already given in this process
+
+#: kernel runs per implementation ("numpy", "numba", "vulkan"): tests read it to prove which ran
+launch_counts: collections.Counter = collections.Counter()
 
 
 class VulkanUnavailable(RuntimeError):
@@ -97,8 +101,25 @@ def _device_from_environment():
 
 
 def cpu_backend():
-    """The CPU path's backend."""
-    return NumpyBackend()
+    """The CPU backend: the fused numba kernels when numba imports, else the NumPy twins.
+
+    ``HYPEROPT_CPU_KERNELS=numpy`` picks the twins, ``=numba`` insists on the fused kernels."""
+    choice = os.environ.get("HYPEROPT_CPU_KERNELS", "").strip().lower()
+    if choice not in ("", "numba", "numpy"):
+        raise ValueError(f"HYPEROPT_CPU_KERNELS must be 'numba' or 'numpy', got {choice!r}")
+    if choice == "numpy":
+        return NumpyBackend()
+    try:
+        from .numba_backend import NumbaBackend
+        return NumbaBackend()
+    except ImportError as exc:
+        if choice == "numba":
+            raise RuntimeError(f"HYPEROPT_CPU_KERNELS=numba but numba cannot be imported ({exc})") from exc
+        if getattr(exc, "name", None) != "numba" and "numba" not in _told:   # installed but broken
+            _told.add("numba")
+            warnings.warn(f"numba is installed but failed to import ({exc}); running the NumPy kernels",
+                          RuntimeWarning, stacklevel=caller_stacklevel())
+        return NumpyBackend()
 
 
 def fit_backend(backend, arrays):
