@@ -227,6 +227,9 @@ class NumbaBackend(NumpyBackend):
                 sums = self._no_sums = np.zeros((len(self._params), 0), np.float64)
         ctl = self._ctl
         views = self._flat_views(names)
+        # float64 tables when any parameter is float64; float32 parameters take their rows rounded
+        # to float32, as the NumPy backend hands them to the twins (one rounded copy per run)
+        by_dtype = {table.dtype: table}
         for i in sorted(self._grads):
             flat, back = list(views[i]), None
             for j, v in enumerate(flat):
@@ -239,7 +242,11 @@ class NumbaBackend(NumpyBackend):
                         if names[j] != "grad":   # kernels never write gradients (which may be read-only)
                             back = (back or []) + [(a, flat[j])]
             n = flat[0].size
-            args = (n, tuple(flat), table, i, ctl, sums)
+            dtype = self._params[i].dtype
+            rows = by_dtype.get(dtype)
+            if rows is None:
+                rows = by_dtype[dtype] = table.astype(dtype)
+            args = (n, tuple(flat), rows, i, ctl, sums)
             if n > CHUNK:
                 drive = _driver(kernel, True)
                 with _parallel_lock:
