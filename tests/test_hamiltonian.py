@@ -141,6 +141,7 @@ def test_for_params_is_a_damped_heavy_ball(opt_kwargs):
     np.testing.assert_allclose(w, ref_w, rtol=1e-5)
 
 
+@pytest.mark.no_launch   # the neuron costate is host-side; no weight gradient, no kernel
 def test_neuron_costate_decays_without_a_state_gradient(opt_kwargs):
     model = Bare({"w": np.zeros(2, np.float32)}, h_dim=3, delta=0.2)
     hl = HL(model, theta=0.5, **opt_kwargs)
@@ -239,6 +240,7 @@ def test_groups_step_like_separate_optimizers(opt_kwargs):
         hl.step(gradients={"A": np.zeros((4, 4), np.float32)})
 
 
+@pytest.mark.no_launch   # the neuron costate is host-side; no weight gradient, no kernel
 def test_compute_hamiltonian_value(opt_kwargs):
     model = Bare({"w": np.zeros(1, np.float32)}, h_dim=3)
     hl = HL(model, gamma=2.0, **opt_kwargs)
@@ -276,6 +278,7 @@ def test_state_dict_resumes_exactly(opt_kwargs):
         other.load_state_dict(saved)
 
 
+@pytest.mark.no_launch   # every step is refused before a kernel runs
 def test_errors_are_clear_and_change_nothing(opt_kwargs):
     w = np.ones(2, np.float32)
     model = Bare({"w": w}, h_dim=3)

@@ -121,6 +121,7 @@ def test_reductions_are_deterministic_and_match_numpy(kernel):
     np.testing.assert_allclose(results[0], results[4], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.no_launch   # construction is refused
 def test_float64_parameters_are_refused_clearly():
     with pytest.raises(TypeError, match="float32 parameters; parameter 0 is float64"):
         AdamW([np.zeros(3)], use_gpu=True, device=DEVICE)
@@ -138,6 +139,7 @@ NO_LOADER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.no_launch   # runs in a subprocess without a loader
 def test_without_a_vulkan_loader_import_works_and_falls_back(tmp_path):
     fake = tmp_path / "vulkan"
     fake.mkdir()
@@ -151,6 +153,7 @@ def test_without_a_vulkan_loader_import_works_and_falls_back(tmp_path):
     assert float(words[-1]) < 0
 
 
+@pytest.mark.no_launch   # checks the fallback to the CPU path
 def test_gpu_request_without_hardware_gpu_warns(monkeypatch):
     """device='gpu' never takes lavapipe: on a CPU-only machine it warns and runs NumPy."""
     names = [vulkan._text(vk_props.deviceName) for _, vk_props in _devices()]
@@ -168,6 +171,7 @@ def _devices():
     return [(d, vulkan.vk.vkGetPhysicalDeviceProperties(d)) for d in vulkan.vk.vkEnumeratePhysicalDevices(ctx.instance)]
 
 
+@pytest.mark.no_launch   # provokes a validation message, no optimizer step
 @pytest.mark.skipif(os.environ.get("HYPEROPT_VULKAN_VALIDATION") != "1", reason="validation layer not enabled")
 def test_validation_layer_reports_invalid_usage():
     """The layer the suite relies on really speaks: an invalid call is reported."""

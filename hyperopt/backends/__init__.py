@@ -15,10 +15,16 @@ fallback raises instead (the test suite uses this to prove the shaders ran).
 """
 from __future__ import annotations
 
+import collections
 import os
 import warnings
 
-from .numpy_backend import NumpyBackend
+# Kernel dispatches actually executed, by implementation ("numpy", "numba", "vulkan"): a NumPy twin
+# or fused kernel counts once per run, a recorded Vulkan dispatch once per submit.  Tests read it to
+# prove which implementation ran.
+launch_counts: collections.Counter = collections.Counter()
+
+from .numpy_backend import NumpyBackend  # noqa: E402  (imports launch_counts)
 
 _warned: set[str] = set()
 

@@ -27,6 +27,7 @@ import numpy as np
 import vulkan as vk
 
 from ..kernels.core import CONTROL, dispatch
+from . import launch_counts
 
 ffi = vk.ffi
 SPIRV = Path(__file__).resolve().parent.parent / "spirv"
@@ -575,6 +576,7 @@ class VulkanProgram:
                 self.sum_outputs.append((sums, n_sums))
                 last_sums = (sums, n_sums)
         self._steps = steps
+        self._n_dispatches = sum(len(step) for step in steps)
         self._cmds = {}
 
     def _own(self, nbytes):
@@ -638,6 +640,7 @@ class VulkanProgram:
         if key not in self._cmds:
             self._cmds[key] = self._record(*key)
         self.ctx.submit(self._cmds[key][1])
+        launch_counts["vulkan"] += self._n_dispatches
 
     def free(self):
         if self.pool is None:
