@@ -9,12 +9,11 @@ import pytest
 
 from hyperopt import AdamW
 
-torch = pytest.importorskip("torch")
-
 SHAPES = [(7, 3), (100,), (5, 4, 3), (1,), (3000,)]
 
 
 def _pair(rng, opt_kwargs, amsgrad, maximize=False):
+    torch = pytest.importorskip("torch")       # only the torch comparisons skip without torch
     ps = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
     tp = [torch.tensor(p.copy(), requires_grad=True) for p in ps]
     groups = lambda xs: [{"params": xs[:2]}, {"params": xs[2:], "lr": 3e-3, "weight_decay": 0.1}]
@@ -25,6 +24,7 @@ def _pair(rng, opt_kwargs, amsgrad, maximize=False):
 
 def _step_both(rng, ps, tp, ours, ref, steps):
     """The same random gradients through both optimizers; then the parameters must agree."""
+    import torch
     for _ in range(steps):
         grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
         ours.step(gradients=grads)
