@@ -33,6 +33,8 @@ _vulkan_tests_passed = 0
 _vulkan_nodes: set[str] = set()      # tests that asked for the Vulkan backend
 _proven: set[str] = set()            # tests whose Vulkan launches were seen
 STRICT = REQUIRE or bool(os.environ.get("CI"))
+STAGING = os.environ.get("HYPEROPT_VULKAN_STAGING") == "1"
+ONLY_VULKAN = os.environ.get("HYPEROPT_ONLY_VULKAN") == "1"   # run just the Vulkan tests (CI's staging pass)
 _module_outcomes: dict[str, list[str]] = {}
 
 
@@ -102,6 +104,13 @@ def pytest_configure(config):
                                        "are still checked for the backend they report)")
 
 
+def pytest_collection_modifyitems(config, items):
+    if ONLY_VULKAN:
+        keep = [it for it in items if uses_vulkan(it)]
+        config.hook.pytest_deselected(items=[it for it in items if not uses_vulkan(it)])
+        items[:] = keep
+
+
 def cpu_kernels() -> str:
     """The CPU kernel implementation a CPU optimizer must run: HYPEROPT_CPU_KERNELS, else what one reports."""
     want = os.environ.get("HYPEROPT_CPU_KERNELS")
@@ -151,6 +160,12 @@ def _proof_failures(item, before) -> list[str]:
             problems.append(f"a CPU optimizer reports backend {name!r}, expected {cpu!r}")
     if uses_vulkan(item) and not no_launch:
         built_vulkan = [n for _, n, *_ in _built if n.startswith("vulkan:")]
+        if STAGING:
+            for ref, name, *_ in _built:
+                opt = ref()
+                ctx = getattr(getattr(opt, "_backend", None), "ctx", None)
+                if name.startswith("vulkan:") and ctx is not None and not ctx.staging:
+                    problems.append("HYPEROPT_VULKAN_STAGING=1 but an optimizer ran without the staging path")
         if _built and not built_vulkan:
             problems.append("a Vulkan test built optimizers but none reports a vulkan: backend")
         if ran.get("vulkan", 0) == 0:
