@@ -27,7 +27,7 @@ PY = sys.executable
 
 # Test selections (pytest arguments), kept small: 2 shared cores.
 ADAMW = ["tests/test_adamw.py", "tests/test_options.py", "-k", "AdamW or adamw or torch"]
-HYST = ["tests/test_hysterograd.py", "tests/test_options.py", "-k", "HIOptimizer or hyster or golden or clip"]
+HYST = ["tests/test_hysterograd.py", "tests/test_options.py", "tests/test_mutation_survivors.py", "-k", "HIOptimizer or hyster or golden or clip"]
 HYPER = ["tests/test_hypergradient.py", "tests/test_options.py", "-k", "Hypergradient or golden or hyper"]
 HL = ["tests/test_hamiltonian.py", "tests/test_options.py", "-k", "HL or golden or costate or local"]
 NAT = ["tests/test_natural_grad.py", "tests/test_options.py", "-k", "HCNaturalGrad or hash or golden or natural"]
@@ -106,7 +106,7 @@ MUTANTS = [
     ("state-rollback", "hyperopt/optimizer.py", "            self._load_state(backup)\n", "            pass\n",
      STATE, "a failed load_state_dict is not rolled back"),
     ("state-hash-step", "hyperopt/natural_grad.py", 'self._hash_step = int(state_dict.get("hash_step", 0))',
-     "self._hash_step = 0", ["tests/test_natural_grad.py", "-k", "state or resume or load"], "hash projection loses its stream position on load"),
+     "self._hash_step = 0", ["tests/test_natural_grad.py", "tests/test_mutation_survivors.py", "-k", "state or resume or load"], "hash projection loses its stream position on load"),
     ("state-hyst-started", "hyperopt/hysterograd.py", "                rec[CTL_STARTED] = 1",
      "                rec[CTL_STARTED] = 0", STATE, "loaded HysteroGrad group state is overwritten"),
     ("state-hl-costate", "hyperopt/hamiltonian.py", 'p_xi[...] = e["neuron_costate"]', "pass", STATE,
