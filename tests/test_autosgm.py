@@ -459,7 +459,7 @@ def test_state_dict_resume_matches_an_uninterrupted_run(backend, opt_kwargs, num
 
 # ---------------------------------------------------------------------------------------- backends
 @pytest.mark.parametrize("program", ["estimators", "one-pass"])
-def test_backends_agree_on_odd_sizes(rng, backend, opt_kwargs, program):
+def test_backends_agree_on_odd_sizes(rng, vulkan_device, program):
     """The shaders against their NumPy twins: odd sizes, values over many decades, one group per
     setting.  "estimators" runs stats/control/apply (num_lrc 0-4 together), "one-pass" the fused kernel."""
     sizes = [(1,), (255,), (257,), (4097,), ((1 << 16) + 3,)]
@@ -472,7 +472,7 @@ def test_backends_agree_on_odd_sizes(rng, backend, opt_kwargs, program):
     seq = [[(rng.standard_normal(s) * 10.0 ** rng.integers(-6, 6, s)).astype(np.float32) for s in sizes]
            for _ in range(8)]
     out = []
-    for kw in ({"use_gpu": False}, opt_kwargs):
+    for kw in ({"use_gpu": False}, {"use_gpu": True, "device": vulkan_device}):
         ps = [x.copy() for x in init]
         opt = AutoSGM([dict(params=[p], **c) for p, c in zip(ps, cfgs)], **kw)
         assert opt._estimator == (program == "estimators")
