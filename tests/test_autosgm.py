@@ -160,6 +160,19 @@ def test_adam_like_instance_is_adam_with_debias(backend, opt_kwargs):
 
 
 # ---------------------------------------------------------------------------------------- reference
+def _window(rc, t):
+    """The window value from the documented formula (test_windows_reference), not the package's
+    Window; the Kronecker sequence (inseq=1) has no independent transcription yet."""
+    rcm, inseq, x, n, m, tau, spe, cfact, e = rc
+    if rcm == 0:
+        return 1.0
+    if inseq == 1:
+        from hyperopt.schedules import Window
+        return Window.from_rc_cfg(rc)(t)
+    from test_windows_reference import ref_window
+    return ref_window(t, rcm, x, n, m, tau, spe, cfact, e)
+
+
 def _reference(ps, grads_seq, cfgs):
     """A float64 transcription of the docstring's algorithm (elementwise path), one config per tensor."""
     ps = [p.astype(np.float64) for p in ps]
@@ -168,8 +181,7 @@ def _reference(ps, grads_seq, cfgs):
         for j, (g, cfg) in enumerate(zip(grads, cfgs)):
             (aopt, lr0, nl), (bn, ba, bi, gi, ei, deb), (wd, lvl), eps, rc = (
                 cfg["lr_cfg"], cfg["beta_cfg"], cfg["wd_cfg"], cfg["eps_cfg"][0], cfg["rc_cfg"])
-            from hyperopt.schedules import Window
-            W = Window.from_rc_cfg(rc)(t)
+            W = _window(rc, t)
             s, w = st[j], ps[j]
             nl = nl if aopt else 0
             g = g.astype(np.float64)

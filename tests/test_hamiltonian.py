@@ -325,9 +325,13 @@ def test_euler_kernel_on_odd_sizes(opt_kwargs):
     prog = backend.program([(hamiltonian_euler, ("param", "grad", "costate"))])
     table = [(0.9, 0.1, -0.05, float(i % 2)) for i in range(len(sizes))]
     prog.tables[0][:] = table
-    expected = [(p.copy(), c.copy()) for p, c in zip(params, costs)]
-    for i, (p, c) in enumerate(expected):
-        hamiltonian_euler(p, grads[i], c, **dict(zip(hamiltonian_euler.scalars, prog.tables[0][i])))
+    # The expectation from the docstring's formula, in float32 with each product rounded on its own
+    # (not from the kernel's twin): costate' = keep*c + step*g; w' = w + neg_weight_step*(c' or c).
+    expected = []
+    for i, (p, c) in enumerate(zip(params, costs)):
+        keep, step, nws, first = (np.float32(v) for v in table[i])
+        c_new = (keep * c) + (step * grads[i])
+        expected.append((p + nws * (c_new if first else c), c_new))
     backend.run(prog, grads)
     for i, (p, c) in enumerate(expected):
         np.testing.assert_array_equal(backend.read("costate", i), c)   # no fused multiply-add: same bits
