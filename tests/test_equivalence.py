@@ -4,7 +4,8 @@ Hypothesis draws a sequence of actions (steps with random gradients, None gradie
 ``.data`` rebinding, writes to ``group['lr']``, ``add_param_group``, ``state_dict``/``load_state_dict``,
 ``hyperopt.save``/``load``, a rejected bad step) and applies it to one optimizer on the CPU path and
 one on Vulkan, for every optimizer class; after every action the parameters must agree (bit for bit
-where the kernels are, else within 1.05e-7, README's bound) and, for AdamW, with torch.optim.AdamW.
+where the kernels are, else within 1.05e-7, README's bound; HCNaturalGrad's hash projection within
+a few ulps) and, for AdamW, with torch.optim.AdamW.
 Bounded for CI: ``derandomize=True`` (a fixed sequence of examples), few examples, no deadline;
 a failing example is shrunk and printed by Hypothesis.
 
@@ -26,8 +27,11 @@ from conftest import DEVICE  # noqa: E402
 
 SHAPES = [(3, 4), (4,)]
 NEW_SHAPE = (5,)
-BIT_IDENTICAL = {"AdamW", "HIOptimizer", "AutoSGM", "HCNaturalGrad", "HL"}
+BIT_IDENTICAL = {"AdamW", "HIOptimizer", "AutoSGM", "HL"}
 ATOL = 1.05e-7
+# HCNaturalGrad runs here with the hash projection, whose per-parameter sums round differently on
+# the two backends (a few float32 ulps, see test_natural_grad); the NumPy projection is bit-identical.
+HASH_RTOL, HASH_ATOL = 2e-6, 1e-7
 
 ACTIONS = st.one_of(
     st.tuples(st.just("step"), st.integers(0, 2**31 - 1)),
@@ -97,7 +101,11 @@ def apply(run, action, tmp_path, ref=None):
         if run.hl:
             return                      # HL's parameters are a model's arrays, not objects with .data
         p = opt.param_groups[0]["params"][0]
-        p.data = np.random.default_rng(arg).standard_normal(p.data.shape).astype(np.float32)
+        p.data = new = np.random.default_rng(arg).standard_normal(p.data.shape).astype(np.float32)
+        if run.name != "HIOptimizer":         # (a Frozen HysteroGrad group legitimately stays put)
+            before = new.copy()
+            run.step(run.grads(arg))
+            assert not np.array_equal(new, before), ".data rebinding: the next step did not update the new array"
     elif kind == "set_lr":
         for g in opt.param_groups:
             if "lr" in g:
@@ -128,6 +136,8 @@ def _compare(name, cpu, gpu, where):
     for a, b in zip(_arrays(cpu.opt), _arrays(gpu.opt)):
         if name in BIT_IDENTICAL:
             np.testing.assert_array_equal(a, b, err_msg=where)
+        elif name == "HCNaturalGrad":
+            np.testing.assert_allclose(a, b, rtol=HASH_RTOL, atol=HASH_ATOL, err_msg=where)
         else:
             np.testing.assert_allclose(a, b, rtol=0, atol=ATOL, err_msg=where)
 
