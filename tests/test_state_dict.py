@@ -96,11 +96,12 @@ def test_failed_add_param_group_leaves_the_optimizer_working(rng, vulkan_device)
 def test_saved_state_does_not_change_after_more_steps(backend, opt_kwargs, rng):
     """state_dict() holds copies, host-side matrices (AutoSGM's mix path) included."""
     W = rng.standard_normal((8, 6)).astype(np.float32)
-    opt = AutoSGM([W], mix_cfg=(True, True, 1e-2, 0.9, 0.0), **opt_kwargs)
-    _run(opt, _grads(rng, [(8, 6)], 2))
+    b = rng.standard_normal(6).astype(np.float32)          # a vector: the kernels' state too
+    opt = AutoSGM([W, b], mix_cfg=(True, True, 1e-2, 0.9, 0.0), **opt_kwargs)
+    _run(opt, _grads(rng, [(8, 6), (6,)], 2))
     saved = opt.state_dict()
     frozen = pickle.dumps(saved)
-    _run(opt, _grads(rng, [(8, 6)], 2))
+    _run(opt, _grads(rng, [(8, 6), (6,)], 2))
     assert pickle.dumps(saved) == frozen
 
 

@@ -158,6 +158,8 @@ def test_float64_on_vulkan_agrees_with_float64_numpy(name):
         np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.no_launch
+@pytest.mark.cpu_fallback   # float64 without shaderFloat64 moves to the CPU path, by design
 def test_float64_without_shader_float64_runs_on_the_cpu_path(monkeypatch):
     import hyperopt.backends as backends
     ctx = vulkan.context(DEVICE)
@@ -205,6 +207,7 @@ NO_LOADER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.no_launch   # runs in a subprocess without a loader
 def test_without_a_vulkan_loader_import_works_and_falls_back(tmp_path):
     fake = tmp_path / "vulkan"
     fake.mkdir()
@@ -223,6 +226,7 @@ def _cpu_only():
     return all(t == vulkan.vk.VK_PHYSICAL_DEVICE_TYPE_CPU for t in types)
 
 
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
 def test_gpu_request_without_hardware_gpu_warns_once_at_the_callers_line(monkeypatch):
     """use_gpu=True never takes a CPU driver: on a CPU-only machine it warns once, then runs the CPU path."""
     if not _cpu_only():
@@ -241,6 +245,7 @@ def test_gpu_request_without_hardware_gpu_warns_once_at_the_callers_line(monkeyp
         AdamW([np.zeros(2, np.float32)], use_gpu=True)
 
 
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
 def test_auto_on_a_cpu_only_machine_runs_the_cpu_path_without_a_warning(monkeypatch, caplog):
     if not _cpu_only():
         pytest.skip("this machine has a hardware GPU")
@@ -260,6 +265,7 @@ def test_auto_on_a_cpu_only_machine_runs_the_cpu_path_without_a_warning(monkeypa
 
 @pytest.mark.parametrize("use_gpu, device", [(False, "gpu"), (False, "vulkan:cpu"), (False, "vulkan:0"),
                                              (True, "cpu")])
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
 def test_contradictions_raise(use_gpu, device):
     with pytest.raises(ValueError, match="contradicts"):
         AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
@@ -267,11 +273,13 @@ def test_contradictions_raise(use_gpu, device):
 
 @pytest.mark.parametrize("use_gpu, device", [("False", None), (1, None), (None, None), (True, "lavapipe"),
                                              (True, "vulkan:"), (True, 0)])
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
 def test_bad_device_arguments_raise(use_gpu, device):
     with pytest.raises((ValueError, TypeError), match="use_gpu|device"):
         AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
 
 
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
 @pytest.mark.parametrize("use_gpu", [True, "auto"])
 @pytest.mark.parametrize("device", ["vulkan:no such device", "vulkan:99"])
 def test_an_explicit_vulkan_device_that_matches_nothing_raises(monkeypatch, use_gpu, device):
@@ -280,6 +288,7 @@ def test_an_explicit_vulkan_device_that_matches_nothing_raises(monkeypatch, use_
         AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
 
 
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
 def test_device_names_pick_the_path(monkeypatch):
     monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
     assert AdamW([np.zeros(2, np.float32)], use_gpu="auto", device="cpu").backend in ("numpy", "numba")
@@ -301,6 +310,7 @@ def _devices():
     return [(d, vulkan.vk.vkGetPhysicalDeviceProperties(d)) for d in vulkan.vk.vkEnumeratePhysicalDevices(ctx.instance)]
 
 
+@pytest.mark.no_launch   # provokes a validation message, no optimizer step
 @pytest.mark.skipif(os.environ.get("HYPEROPT_VULKAN_VALIDATION") != "1", reason="validation layer not enabled")
 def test_validation_layer_reports_invalid_usage():
     """The layer the suite relies on really speaks: an invalid call is reported."""
@@ -327,6 +337,7 @@ PIPELINE_CACHE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
 @pytest.mark.timeout(120)
 def test_pipeline_cache_persists_across_processes(tmp_path):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=ROOT)
@@ -345,6 +356,7 @@ def test_pipeline_cache_persists_across_processes(tmp_path):
     assert loaded == "0" and not os.path.exists(path)
 
 
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
 def test_layouts_past_2_to_the_32_elements_are_refused_before_allocating():
     """Work-table entries are 32-bit arena indices: a layout that would wrap them is refused."""
     with pytest.raises(ValueError, match="2\\^32"):
@@ -374,6 +386,7 @@ MAX_BINDING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
 @pytest.mark.timeout(120)
 def test_the_binding_limit_can_be_forced_from_the_environment():
     """HYPEROPT_VULKAN_MAX_BINDING: windows on any driver, whatever its own limit."""

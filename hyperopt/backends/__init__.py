@@ -27,14 +27,16 @@ import os
 import sys
 import warnings
 
-from .numpy_backend import NumpyBackend
+# Kernel dispatches actually executed, by implementation ("numpy", "numba", "vulkan"): a NumPy twin
+# or fused kernel counts once per run, a recorded Vulkan dispatch once per submit.  Tests read it to
+# prove which implementation ran.  (Defined before the backends, which import it.)
+launch_counts: collections.Counter = collections.Counter()
+
+from .numpy_backend import NumpyBackend  # noqa: E402
 
 logger = logging.getLogger("hyperopt")
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _told: set[str] = set()              # one-time warnings and notices already given in this process
-
-#: kernel runs per implementation ("numpy", "numba", "vulkan"): tests read it to prove which ran
-launch_counts: collections.Counter = collections.Counter()
 
 
 class VulkanUnavailable(RuntimeError):

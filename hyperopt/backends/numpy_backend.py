@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..kernels.core import CONTROL, dispatch
+from . import launch_counts
 
 # 128K floats per chunk: a chunk's buffers stay in cache between the twin's passes (measured best
 # with two threads on two cores: 32K chunks spend too long in Python, 512K ones fall out of cache).
@@ -164,6 +165,7 @@ class NumpyBackend:
         if grads is not None:
             self._grads = grads
         results, last = [], None
+        launch_counts["numpy"] += len(program.dispatches)
         for (kernel, names), table in zip(program.dispatches, program.tables):
             if kernel.kind == CONTROL:
                 kernel.numpy(self._ctl, last, table)

@@ -7,6 +7,7 @@ import numpy as np
 import vulkan as vk
 
 from ...kernels.core import CONTROL, dispatch
+from .. import launch_counts
 from .device import FRAME_BINDINGS, PUSH_BYTES, check, ffi
 from .memory import Buffer
 
@@ -59,6 +60,7 @@ class VulkanProgram:
                 self.sum_outputs.append((sums, n_sums))
                 last_sums = (sums, n_sums)
         self._steps = steps
+        self._n_dispatches = sum(len(step) for step in steps)
         self._cmds = {}
         self._queries = None               # timestamp query pool, made on first timed launch
         self.kernel_seconds = self.submit_seconds = None
@@ -142,6 +144,7 @@ class VulkanProgram:
             if key not in self._cmds:
                 self._cmds[key] = self._record(*key)
             self.ctx.submit(self._cmds[key][1])
+            launch_counts["vulkan"] += self._n_dispatches
             if timed:
                 self._read_timestamps()
 
