@@ -209,6 +209,7 @@ def _fork_capable():
     return "llvmpipe" in vulkan.context(DEVICE).name
 
 
+@pytest.mark.no_launch   # its kernels run in the forked child, which checks its own backend
 @pytest.mark.timeout(300)
 def test_a_forked_child_builds_its_own_optimizers(backend):
     """The child leaves with os._exit, as multiprocessing's workers do and the os.fork documentation
@@ -292,6 +293,7 @@ EXIT = """
 """
 
 
+@pytest.mark.no_launch   # its kernels run in a child process, which checks its own backend
 @pytest.mark.timeout(200)
 def test_exit_hooks_and_daemon_threads_at_interpreter_exit(backend):
     for _ in range(3):

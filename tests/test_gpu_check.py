@@ -65,6 +65,7 @@ def test_timestamps_are_off_by_default_and_read_kernel_and_submit_time(vulkan_de
     opt.close()
 
 
+@pytest.mark.no_launch   # reads shader declarations: no kernel runs
 def test_device_bytes_model_counts_adamw_as_28_bytes_per_element(vulkan_device):
     from benchmarks.gpu_check import program_device_bytes
     opt = AdamW([np.ones(1000, np.float32)], lr=1e-3, use_gpu=True, device=vulkan_device)
@@ -84,6 +85,7 @@ def test_fractions_of_the_bounds_use_the_measured_bandwidths():
     assert fractions(dict(e2e_ms=1.0, kernel_ms=None, device_bytes=1e6), bw) == (None, None)
 
 
+@pytest.mark.no_launch   # gpu_check runs its parts in child processes
 @pytest.mark.timeout(600)
 def test_quick_check_reports_every_part_in_md_csv_and_png(tmp_path, vulkan_device):
     out = tmp_path / "out"
@@ -108,6 +110,7 @@ def test_quick_check_reports_every_part_in_md_csv_and_png(tmp_path, vulkan_devic
     assert (out / "gpu_check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.no_launch   # gpu_check runs its parts in child processes
 @pytest.mark.timeout(120)
 def test_a_part_out_of_time_is_reported_and_fails_the_check_in_time(tmp_path, vulkan_device):
     out = tmp_path / "out"
@@ -132,6 +135,7 @@ def test_a_device_that_does_not_exist_fails_every_part_clearly(tmp_path):
 CARRY = ROOT / "benchmarks" / "h200" / "carry"      # made by benchmarks/h200/prepare.sh (needs network)
 
 
+@pytest.mark.no_launch   # the script runs gpu_check in child processes
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("carried", [False, True])
 def test_h200_run_script_writes_at_most_eight_files_to_out(tmp_path, vulkan_device, carried):
