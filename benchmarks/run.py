@@ -1,36 +1,57 @@
-"""CPU-versus-GPU step-time benchmark of every optimizer: NumPy path against Vulkan path.
+"""Step-time benchmark of every optimizer: NumPy twins, fused CPU kernels, Vulkan, torch.
 
-    python -m benchmarks.run                    # all optimizers, standard sizes, results/ (a few minutes)
-    python -m benchmarks.run --only AdamW --sizes 1e4 1e6 --device cpu
+    python -m benchmarks.run                                  # everything, standard sizes, into results/
+    python -m benchmarks.run --only AdamW HL --sizes 1e4 1e6 mix200 --device vulkan:cpu
 
-Each cell is the median time of ``opt.step(gradients=...)`` over repeated steps after warm-up,
-Python included, on float32 parameters: one tensor of each size (1e4 ... 16e6 elements) and a mix of
-200 tensors (~5M elements, shaped like a small CNN).  The Vulkan device is a hardware GPU when there
-is one, else the CPU driver (lavapipe) so the shaders still run.  AdamW also gets torch CPU rows
-(``foreach`` and ``fused``) when torch is installed.  Writes results/benchmark.md, .csv and .png.
+Each cell is the median time of ``opt.step(gradients=...)`` over repeated steps after two warm-up
+steps, Python included, on float32 parameters: one tensor of each size (1e4 ... 16e6 elements) and
+a mix of 200 tensors (3.2M elements, shaped like a small CNN).  Side by side, per optimizer and size:
+
+* NumPy twins   ``use_gpu=False`` with ``HYPEROPT_CPU_KERNELS=numpy``;
+* fused CPU     ``use_gpu=False`` with the fused numba kernels (when numba is installed);
+* Vulkan        ``use_gpu=True`` on the device ``--device`` names, by default a hardware GPU if
+                there is one, else the CPU Vulkan driver (``vulkan:cpu``, labelled as a CPU driver);
+* kernel-only   the same Vulkan steps' dispatches alone, from GPU timestamps (no copies, no Python);
+* torch         ``torch.optim.AdamW`` on CPU tensors, ``foreach=True`` and ``fused=True`` (AdamW only).
+
+Achieved bandwidth: the bytes a step must move (parameter and every state buffer read and written
+once, the gradient read once) over the step time, shown for the fused CPU kernels beside a
+STREAM-like triad (``a = b + s*c``, float32, numba threads) measured in the same run.  The fused
+kernels' first-step cost (compiling into an empty cache, then loading from it) is measured in fresh
+processes.  Writes <out>/benchmark.md (one Markdown table, with command, date, sizes and versions),
+benchmark.csv and benchmark.png.
+
+Device names: gpu, vulkan:cpu, vulkan:<index>, vulkan:<part of the device name>.
+Sizes: element counts (1e4, 10000, 16e6) and/or mix200.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
-import platform
+import importlib.util
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-import hyperopt
 from hyperopt import AdamW
+
+from benchmarks.cli import (OPTIMIZER_COLOURS, backend_label, backend_style, command_line, float_range, make_parser,
+                            write_results)
 
 SIZES = [10_000, 100_000, 1_000_000, 4_000_000, 16_000_000]
 MIX = "mix200"
+MAX_ELEMENTS = 2_000_000_000
+PARTS = ("numpy", "numba", "vulkan", "torch", "triad", "first-step")
 
 
 def cnn_mix(n=200, seed=0):
-    """200 tensor shapes, ~5M elements: conv kernels with their bias and norm vectors, a few dense."""
+    """200 tensor shapes, 3.2M elements: conv kernels with their bias and norm vectors, a few dense."""
     rng = np.random.default_rng(seed)
     shapes = []
     while len(shapes) < n - 4:
@@ -48,27 +69,84 @@ def cases() -> dict:
     return out
 
 
-def vulkan_device(requested: str | None):
-    """(selector, device name, driver) of the Vulkan device to benchmark, or None."""
+# ---------------------------------------------------------------- command-line types
+
+def size_arg(text: str):
+    """``mix200``, or an element count written 1e4, 10000 or 16e6."""
+    if text == MIX:
+        return MIX
     try:
-        from hyperopt.backends import vulkan
-    except OSError:
-        return None
-    for selector in ([requested] if requested else ["gpu", "cpu"]):
-        try:
-            ctx = vulkan.context(selector)
-        except vulkan.VulkanUnavailable:
-            continue
-        api = ctx.props.apiVersion
-        return selector, ctx.name, f"Vulkan {api >> 22}.{(api >> 12) & 0x3FF}, {ctx.driver}"
-    return None
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an element count such as 1e4 or 10000, or {MIX}, "
+                                         f"got {text!r}") from None
+    if not value.is_integer() or not 1 <= value <= MAX_ELEMENTS:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of elements from 1 to {MAX_ELEMENTS:.0e}")
+    return int(value)
+
+
+def device_arg(text: str) -> str:
+    """A Vulkan device: ``gpu``, ``vulkan:cpu``, ``vulkan:<index>`` or ``vulkan:<name part>``."""
+    text = text.strip()
+    if text == "cpu":
+        raise argparse.ArgumentTypeError("'cpu' is the CPU path (its rows always run); the Vulkan cell needs "
+                                         "gpu, vulkan:cpu, vulkan:<index> or vulkan:<name>")
+    if text != "gpu" and not (text.startswith("vulkan:") and len(text) > len("vulkan:")):
+        raise argparse.ArgumentTypeError(f"expected gpu, vulkan:cpu, vulkan:<index> or vulkan:<name>, got {text!r}")
+    return text
+
+
+def label(size) -> str:
+    """10_000 -> "1e4", 16_000_000 -> "16e6", the mix -> its description."""
+    if size == MIX:
+        return f"200 tensors ({elements(MIX) / 1e6:.1f}M)"
+    for e in range(15, 0, -1):
+        if size % 10 ** e == 0 and size // 10 ** e < 100:
+            return f"{size // 10 ** e}e{e}"
+    return str(size)
 
 
 def shapes_for(size):
     return cnn_mix() if size == MIX else [(int(size),)]
 
 
+def elements(size) -> int:
+    return sum(int(np.prod(s)) for s in shapes_for(size))
+
+
+# ---------------------------------------------------------------- the Vulkan device
+
+def vulkan_device(requested: str | None):
+    """({selector, name, label, cpu_driver, about}, None) for the device to benchmark, or (None, why not).
+
+    ``requested`` None: a hardware GPU if there is one, else the CPU Vulkan driver."""
+    try:
+        from hyperopt.backends import VulkanUnavailable, vulkan
+    except OSError as exc:      # the binding raises OSError when no Vulkan loader is installed
+        return None, f"no Vulkan loader ({exc})"
+    reasons = []
+    for selector in [requested] if requested else ["gpu", "vulkan:cpu"]:
+        try:
+            ctx = vulkan.context(selector)
+        except (VulkanUnavailable, ValueError) as exc:
+            reasons.append(str(exc))
+            continue
+        cpu = ctx.props.deviceType == vulkan.vk.VK_PHYSICAL_DEVICE_TYPE_CPU
+        name = f"vulkan:{ctx.name}"
+        shown = backend_label(name)
+        if cpu and "CPU driver" not in shown:
+            shown = f"vulkan ({ctx.name.split(' (')[0]}, CPU driver)"
+        api = ctx.props.apiVersion
+        about = f"{ctx.name}, {ctx.driver}, Vulkan {api >> 22}.{(api >> 12) & 0x3FF}"
+        about += ", a CPU driver" if cpu else ""
+        return dict(selector=selector, name=name, label=shown, cpu_driver=cpu, about=about), None
+    return None, "; ".join(reasons)
+
+
+# ---------------------------------------------------------------- timing
+
 def time_steps(step, budget_s, min_reps=3, max_reps=200, warmup=2):
+    """Median seconds of ``step()`` after ``warmup`` calls, over ``budget_s`` (at least ``min_reps``)."""
     for _ in range(warmup):
         step()
     times = []
@@ -80,21 +158,102 @@ def time_steps(step, budget_s, min_reps=3, max_reps=200, warmup=2):
     return statistics.median(times)
 
 
-def bench_optimizer(factory, shapes, use_gpu, device, budget_s):
+def bench_optimizer(factory, shapes, use_gpu, device, budget_s, cpu_kernels="numpy"):
+    """{"seconds", "backend", "bytes_per_element", "kernel_seconds"} of one optimizer on one set of shapes."""
     rng = np.random.default_rng(0)
     params = [(0.1 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
     grads = [(0.01 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
-    opt = factory(params, use_gpu, device)
+    saved = os.environ.get("HYPEROPT_CPU_KERNELS")
+    os.environ["HYPEROPT_CPU_KERNELS"] = cpu_kernels
     try:
-        return time_steps(lambda: opt.step(gradients=grads), budget_s), opt.backend
+        opt = factory(params, use_gpu, device)
+    finally:
+        if saved is None:
+            os.environ.pop("HYPEROPT_CPU_KERNELS")
+        else:
+            os.environ["HYPEROPT_CPU_KERNELS"] = saved
+    try:
+        def step():
+            opt.step(gradients=grads)
+        return dict(seconds=time_steps(step, budget_s), backend=opt.backend,
+                    bytes_per_element=4 * (3 + 2 * len(opt._backend.buffers)), kernel_seconds=kernel_seconds(opt, step))
     finally:
         if hasattr(opt, "close"):
             opt.close()
 
 
+def kernel_seconds(opt, step, reps=3):
+    """Median GPU time of a step's dispatches alone (Vulkan timestamps, every launch of the step), or None."""
+    ctx = getattr(opt._backend, "ctx", None)
+    if ctx is None or not getattr(ctx, "timestamp_bits", 0):
+        return None
+    ctx.timestamps, times = True, []
+    try:
+        for _ in range(reps):
+            before = ctx.kernel_seconds_total
+            step()
+            times.append(ctx.kernel_seconds_total - before)
+    finally:
+        ctx.timestamps = False
+    return statistics.median(times)
+
+
+def have_numba() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def triad_gbps(n=1 << 24, reps=10) -> float:
+    """STREAM-like triad ``a = b + s*c`` on float32 (12 bytes per element), numba threads; best of ``reps``, GB/s."""
+    from hyperopt.backends.numba_backend import load_numba
+    numba = load_numba()
+
+    @numba.njit(parallel=True)
+    def triad(a, b, c, s):
+        for i in numba.prange(a.size):
+            a[i] = b[i] + s * c[i]
+    a, b, c = (np.full(n, v, np.float32) for v in (0.0, 1.0, 2.0))
+    triad(a, b, c, np.float32(3.0))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        triad(a, b, c, np.float32(3.0))
+        best = min(best, time.perf_counter() - t0)
+    return 12 * n / best / 1e9
+
+
+_FIRST_STEP = """
+import time, numpy as np
+t0 = time.perf_counter()
+from hyperopt import AdamW
+p, q = np.zeros(1 << 20, np.float32), np.zeros(100, np.float32)
+opt = AdamW([p, q], use_gpu=False)
+t1 = time.perf_counter()
+opt.step(gradients=[p + 1, q + 1])
+t2 = time.perf_counter()
+assert opt.backend == "numba", opt.backend
+print(t1 - t0, t2 - t1)
+"""
+
+
+def first_step_cost():
+    """[(import+construct s, first step s) with an empty numba cache, (...) from that cache] for AdamW."""
+    out = []
+    with tempfile.TemporaryDirectory() as cache:
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, HYPEROPT_CPU_KERNELS="numba",
+                   PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        for _ in ("cold", "cached"):
+            r = subprocess.run([sys.executable, "-c", _FIRST_STEP], env=env, capture_output=True, text=True,
+                               timeout=900)
+            if r.returncode:
+                raise RuntimeError(f"first-step measurement failed:\n{r.stderr}")
+            out.append(tuple(float(x) for x in r.stdout.split()))
+    return out
+
+
 def bench_torch(shapes, mode, budget_s):
+    """Median step seconds of torch.optim.AdamW (``foreach`` or ``fused``) on CPU tensors."""
     import torch
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rng = np.random.default_rng(0)
     params = [torch.tensor((0.1 * rng.standard_normal(s)).astype(np.float32), requires_grad=True) for s in shapes]
     for p in params:
@@ -103,147 +262,205 @@ def bench_torch(shapes, mode, budget_s):
     return time_steps(opt.step, budget_s)
 
 
-def label(size):
-    """10_000 -> "1e4", 16_000_000 -> "16e6", the mix -> its description."""
-    if size == MIX:
-        return "200 tensors (5.4M)"
-    for e in range(15, 0, -1):
-        if size % 10 ** e == 0 and size // 10 ** e < 100:
-            return f"{size // 10 ** e}e{e}"
-    return str(size)
+# ---------------------------------------------------------------- results
+
+def columns_for(vk):
+    """Result columns, keyed by the part of the run that fills them: (key, header)."""
+    return [("numpy", "NumPy twins ms"), ("numba", "fused CPU ms"),
+            ("vulkan", f"{vk['label']} ms" if vk else "Vulkan ms"), ("kernel", "kernel-only ms"),
+            ("torch foreach", "torch foreach ms"), ("torch fused", "torch fused ms"),
+            ("numba GB/s", "fused CPU GB/s"), ("of triad", "fused CPU / triad"), ("kernel GB/s", "kernel-only GB/s")]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", help="optimizer names to run (default: all)")
-    ap.add_argument("--sizes", nargs="*", help="element counts, e.g. 1e4 1e6, and/or mix200")
-    ap.add_argument("--device", default=None, help="Vulkan device: gpu, cpu, any, index or name (default: gpu, else cpu)")
-    ap.add_argument("--budget", type=float, default=0.6, help="seconds of timed steps per cell (default 0.6)")
-    ap.add_argument("--out", default="results", help="output folder (default results/)")
-    ap.add_argument("--no-torch", action="store_true")
-    args = ap.parse_args(argv)
-
-    sizes = [MIX if s == MIX else int(float(s)) for s in args.sizes] if args.sizes else SIZES + [MIX]
     all_cases = cases()
-    names = args.only or list(all_cases)
-    unknown = set(names) - set(all_cases)
-    if unknown:
-        ap.error(f"unknown optimizer(s) {sorted(unknown)}; known: {sorted(all_cases)}")
-    vk = vulkan_device(args.device)
+    ap = make_parser(__doc__, prog="python -m benchmarks.run")
+    ap.add_argument("--only", nargs="+", choices=list(all_cases), default=list(all_cases), metavar="OPTIMIZER",
+                    help="optimizers to run (default: all): " + ", ".join(all_cases))
+    ap.add_argument("--sizes", nargs="+", type=size_arg, default=SIZES + [MIX], metavar="SIZE",
+                    help="element counts (1e4, 10000, 16e6) and/or mix200 (default: 1e4 1e5 1e6 4e6 16e6 mix200)")
+    ap.add_argument("--device", type=device_arg, default=None,
+                    help="Vulkan device: gpu, vulkan:cpu, vulkan:<index> or vulkan:<name> "
+                         "(default: gpu if there is one, else vulkan:cpu)")
+    ap.add_argument("--budget", type=float_range(0.01, 60.0), default=0.6,
+                    help="seconds of timed steps per cell, 0.01 to 60 (default 0.6)")
+    ap.add_argument("--skip", nargs="+", choices=PARTS, default=[], metavar="PART",
+                    help="parts to leave out: " + ", ".join(PARTS))
+    ap.add_argument("--out", default="results", help="output folder (default: results)")
+    args = ap.parse_args(argv)
+    skip = set(args.skip)
+    sizes = list(dict.fromkeys(args.sizes))
+
+    vk, why_not = (None, "skipped (--skip vulkan)") if "vulkan" in skip else vulkan_device(args.device)
+    if vk is None and args.device:
+        ap.error(f"--device {args.device}: {why_not}")
+    numba = have_numba() and "numba" not in skip
     torch_version = None
-    if not args.no_torch:
+    if "torch" not in skip and "AdamW" in args.only:
         try:
             import torch
             torch_version = torch.__version__
         except ImportError:
             pass
+    notes = []
+    first = first_step_cost() if numba and "first-step" not in skip else None
+    if first:
+        notes.append(f"fused kernels' first step (AdamW, 1M + 100 elements, fresh process): {first[0][1]:.2f} s "
+                     f"compiling into an empty cache, {first[1][1]:.2f} s from the disk cache "
+                     f"(import + construction {first[1][0]:.2f} s)")
+        print(notes[-1], flush=True)
+    triad = triad_gbps() if numba and "triad" not in skip else None
+    if triad:
+        notes.append(f"STREAM-like triad (a = b + s*c, float32, numba threads), same run: {triad:.1f} GB/s")
+        print(notes[-1], flush=True)
+    notes.append(f"Vulkan device: {vk['about']}" if vk else f"Vulkan: none ({why_not})")
 
-    backends = [("numpy", False, None)] + ([("vulkan", True, vk[0])] if vk else [])
-    cells = [(n, b, s) for n in names for s in sizes for b in backends]
-    torch_cells = [(m, s) for m in ("foreach", "fused") for s in sizes] if torch_version and "AdamW" in names else []
-    total = len(cells) + len(torch_cells)
-    rows = []
-    for k, (name, (bname, use_gpu, device), size) in enumerate(cells, 1):
-        seconds, actual = bench_optimizer(all_cases[name], shapes_for(size), use_gpu, device, args.budget)
-        rows.append(dict(optimizer=name, backend=actual, size=label(size), ms=seconds * 1e3))
-        print(f"[{k:3d}/{total}] {name:24s} {actual[:40]:40s} {label(size):>20s} {seconds * 1e3:10.3f} ms", flush=True)
-    for k, (mode, size) in enumerate(torch_cells, len(cells) + 1):
-        seconds = bench_torch(shapes_for(size), mode, args.budget)
-        rows.append(dict(optimizer="AdamW", backend=f"torch-cpu {mode}", size=label(size), ms=seconds * 1e3))
-        print(f"[{k:3d}/{total}] {'AdamW':24s} {'torch-cpu ' + mode:40s} {label(size):>20s} {seconds * 1e3:10.3f} ms", flush=True)
+    backends = ([("numpy", False, None, "numpy")] if "numpy" not in skip else []) \
+        + ([("numba", False, None, "numba")] if numba else []) \
+        + ([("vulkan", True, vk["selector"], "numpy")] if vk else [])
+    torch_modes = ("foreach", "fused") if torch_version else ()
+    total = len(args.only) * len(sizes) * len(backends) + len(torch_modes) * len(sizes)
+    rows, k = [], 0
+    for name in args.only:
+        for size in sizes:
+            n = elements(size)
+            row = {"optimizer": name, "size": label(size), "elements": n}
+            for key, use_gpu, device, kernels in backends:
+                k += 1
+                cell = bench_optimizer(all_cases[name], shapes_for(size), use_gpu, device, args.budget, kernels)
+                if key == "vulkan" and cell["backend"] != vk["name"]:     # say it; never file it as Vulkan
+                    notes.append(f"{name} at {label(size)}: asked for {vk['name']} but ran on {cell['backend']}; "
+                                 "not recorded")
+                    print(notes[-1], file=sys.stderr, flush=True)
+                    continue
+                row["B/elt"] = cell["bytes_per_element"]
+                row[key] = cell["seconds"] * 1e3
+                print(f"[{k:3d}/{total}] {name:24s} {label(size):>20s} {key:8s} {cell['seconds'] * 1e3:10.3f} ms",
+                      flush=True)
+                if key == "numba":
+                    row["numba GB/s"] = cell["bytes_per_element"] * n / cell["seconds"] / 1e9
+                    if triad:
+                        row["of triad"] = f"{row['numba GB/s'] / triad:.0%}"
+                if key == "vulkan" and cell["kernel_seconds"]:
+                    row["kernel"] = cell["kernel_seconds"] * 1e3
+                    row["kernel GB/s"] = cell["bytes_per_element"] * n / cell["kernel_seconds"] / 1e9
+            if name == "AdamW":
+                for mode in torch_modes:
+                    k += 1
+                    seconds = bench_torch(shapes_for(size), mode, args.budget)
+                    row[f"torch {mode}"] = seconds * 1e3
+                    print(f"[{k:3d}/{total}] {name:24s} {label(size):>20s} torch {mode:8s} {seconds * 1e3:10.3f} ms",
+                          flush=True)
+            rows.append(row)
 
-    from importlib.metadata import version
-    stamp = [f"hyperopt {hyperopt.__version__}", f"numpy {np.__version__}", f"vulkan (binding) {version('vulkan')}",
-             f"Python {platform.python_version()}",
-             f"CPU: {platform.processor() or platform.machine()}, {_cores()} cores",
-             f"Vulkan device: {vk[1]} ({vk[2]})" if vk else "Vulkan device: none"]
-    if torch_version:
-        stamp.append(f"torch {torch_version}")
-    write_results(rows, sizes, stamp, Path(args.out))
-
-
-def _cores():
-    import os
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def write_results(rows, sizes, stamp, out: Path):
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "benchmark.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["optimizer", "backend", "size", "ms"])
-        w.writeheader()
-        w.writerows(rows)
-    cols = [label(s) for s in sizes]
-    lines = ["Step time in milliseconds (median, Python included).", "", "- " + "\n- ".join(stamp), "",
-             "| optimizer | backend | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
-    keyed = {}
-    for r in rows:
-        keyed.setdefault((r["optimizer"], r["backend"]), {})[r["size"]] = r["ms"]
-    for (opt, backend), vals in keyed.items():
-        lines.append(f"| {opt} | {backend} | " + " | ".join(f"{vals[c]:.3f}" if c in vals else "" for c in cols) + " |")
-    text = "\n".join(lines) + "\n"
-    (out / "benchmark.md").write_text(text)
-    print("\n" + text)
+    headers = dict(columns_for(vk))
+    present = [key for key in headers if any(key in r for r in rows)]
+    columns = ["optimizer", "size", "B/elt"] + [headers[key] for key in present]
+    table = [{"optimizer": r["optimizer"], "size": r["size"], "B/elt": r.get("B/elt", ""),
+              **{headers[key]: r.get(key, "") for key in present}} for r in rows]
+    notes += ["ms: median milliseconds per `step(gradients=...)`, Python included, float32, after 2 warm-up steps",
+              "B/elt: bytes a step must move per element (parameter and each state buffer read and written, "
+              "gradient read); GB/s = B/elt x elements / step time",
+              "kernel-only: the Vulkan step's dispatches alone, from GPU timestamps (no copies, no Python)",
+              "torch: torch.optim.AdamW(lr=1e-3) on CPU tensors, AdamW rows only"
+              + (f" (torch {torch_version})" if torch_version else " (not run)")]
+    sizes_text = ", ".join(label(s) for s in sizes)
+    md, csv_path = write_results(args.out, "benchmark", columns, table, command=command_line("benchmarks.run", argv),
+                                 title="Optimizer step time: NumPy twins, fused CPU, Vulkan, torch", sizes=sizes_text,
+                                 notes=notes)
+    print("\n" + md.read_text())
+    print(f"wrote {md} and {csv_path}")
     try:
-        plot(keyed, cols, stamp, out / "benchmark.png")
+        path = plot(rows, sizes, vk, triad, Path(args.out) / "benchmark.png")
+        print(f"wrote {path}")
     except ImportError:
         print("matplotlib not installed: no plot written", file=sys.stderr)
 
 
-def plot(keyed, cols, stamp, path):
-    """One panel per optimizer (NumPy and Vulkan side by side, torch for AdamW), then the speed-ups."""
+# ---------------------------------------------------------------- plot
+
+#: backend key -> (legend label, line style, marker); Vulkan's label and style come from its device
+_STYLES = {"numpy": ("NumPy twins", backend_style("numpy"), "o"),
+           "numba": ("fused CPU (numba)", backend_style("numba"), "s"),
+           "kernel": ("Vulkan kernel-only (GPU timestamps)", (0, (3, 1)), "v"),
+           "torch foreach": ("torch AdamW foreach", (0, (1, 2, 1, 2, 5, 2)), "x"),
+           "torch fused": ("torch AdamW fused", (0, (10, 3)), "+")}
+
+
+def _colour(name):
+    return OPTIMIZER_COLOURS.get(name) or OPTIMIZER_COLOURS.get(name.split("-")[0], "black")
+
+
+def plot(rows, sizes, vk, triad, path):
+    """One panel per optimizer (colour = optimizer, line style = backend): ms per step against
+    elements, and the 200-tensor mix in its own categorical panel beside it (not on the size axis)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    optimizers = list(dict.fromkeys(o for o, _ in keyed))
-    n = len(optimizers) + 1
-    ncol = min(4, n)
-    nrow = -(-n // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
-    axes = axes.ravel()
-    x = np.arange(len(cols))
-    colours = {"numpy": "tab:blue", "vulkan": "tab:orange", "torch-cpu foreach": "tab:grey", "torch-cpu fused": "k"}
-    speedup = axes[len(optimizers)]
-    for ax, opt in zip(axes, optimizers):
-        for (o, backend), vals in keyed.items():
-            if o == opt:
-                kind = backend.split(":")[0]
-                ax.plot(x, [vals.get(c, np.nan) for c in cols], marker="o", color=colours.get(kind),
-                        ls="-" if kind in ("numpy", "vulkan") else ":", label=kind)
-        ax.set_title(opt, fontsize=10)
-        ax.set_yscale("log")
-        ax.set_ylabel("ms per step", fontsize=8)
-        ax.legend(fontsize=7)
-        numpy_vals = keyed.get((opt, "numpy"), {})
-        for (o, backend), vals in keyed.items():
-            if o == opt and backend.startswith("vulkan"):
-                speedup.plot(x, [numpy_vals.get(c, np.nan) / vals.get(c, np.nan) for c in cols], marker="o", label=opt)
-    speedup.axhline(1.0, color="grey", lw=0.8)
-    speedup.set_yscale("log")
-    speedup.set_title("Vulkan speed-up over NumPy (>1: faster)", fontsize=10)
-    speedup.legend(fontsize=6)
-    for ax in axes[:n]:
-        ax.set_xticks(x, cols, rotation=25, fontsize=7)
-        ax.grid(alpha=0.3)
-    for ax in axes[n:]:
-        ax.axis("off")
-    fig.suptitle("; ".join(stamp), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    from matplotlib.lines import Line2D
 
-
-def replot(csv_path, out_png):
-    """Redraw the plot from a benchmark.csv (and the stamp lines of the benchmark.md beside it)."""
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    keyed = {}
-    for r in rows:
-        keyed.setdefault((r["optimizer"], r["backend"]), {})[r["size"]] = float(r["ms"])
-    cols = list(dict.fromkeys(r["size"] for r in rows))
-    md = Path(csv_path).with_suffix(".md")
-    stamp = [line[2:] for line in md.read_text().splitlines() if line.startswith("- ")] if md.exists() else []
-    plot(keyed, cols, stamp, out_png)
+    styles = dict(_STYLES)
+    if vk:
+        styles["vulkan"] = (vk["label"], backend_style(vk["name"]), "^")
+    keys = [k for k in styles if any(k in r for r in rows)]
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+    numeric = [s for s in sizes if s != MIX]
+    mix = MIX in sizes
+    ncol = min(3, len(optimizers))
+    nrow = -(-len(optimizers) // ncol)
+    widths = ([4] if numeric else []) + ([1.3] if mix else [])
+    panels = len(widths)
+    widths.append(0.9)          # a gap between one optimizer's panels and the next one's
+    fig = plt.figure(figsize=(max(7.0, sum(widths) * 1.1 * ncol + 0.5), 3.3 * nrow + 1.5))
+    grid = fig.add_gridspec(nrow, ncol * len(widths), width_ratios=widths * ncol, wspace=0.08, hspace=0.55)
+    for k, name in enumerate(optimizers):
+        r, c = divmod(k, ncol)
+        by_size = {row["size"]: row for row in rows if row["optimizer"] == name}
+        colour = _colour(name)
+        axes = []
+        if numeric:
+            ax = fig.add_subplot(grid[r, c * len(widths)])
+            x = np.array([elements(s) for s in numeric], float)
+            for key in keys:
+                y = np.array([by_size.get(label(s), {}).get(key, np.nan) for s in numeric], float)
+                if not np.all(np.isnan(y)):
+                    text, ls, marker = styles[key]
+                    ax.plot(x, y, ls=ls, marker=marker, color=colour, ms=4, lw=1.4)
+            ax.set_xscale("log")
+            ax.set_xlabel("elements (one tensor)", fontsize=8)
+            ax.set_ylabel("ms per step", fontsize=8)
+            ax.set_title(name, fontsize=10, color=colour, loc="left")
+            axes.append(ax)
+        if mix:
+            ax = fig.add_subplot(grid[r, c * len(widths) + panels - 1], sharey=axes[0] if axes else None)
+            mix_row = by_size.get(label(MIX), {})
+            present = [key for key in keys if key in mix_row]
+            for j, key in enumerate(present):
+                ax.plot([j], [mix_row[key]], ls="none", marker=styles[key][2], color=colour, ms=6)
+            ax.set_xlim(-0.7, max(len(present), 1) - 0.3)
+            ax.set_xticks([])
+            ax.set_xlabel(f"200 tensors\n({elements(MIX) / 1e6:.1f}M elements)", fontsize=8)
+            if axes:
+                ax.tick_params(labelleft=False)
+            else:
+                ax.set_ylabel("ms per step", fontsize=8)
+                ax.set_title(name, fontsize=10, color=colour, loc="left")
+            axes.append(ax)
+        for ax in axes:
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3, which="both", lw=0.5)
+            ax.tick_params(which="both", labelsize=7)
+    handles = [Line2D([], [], color="0.25", ls=styles[k][1], marker=styles[k][2], label=styles[k][0]) for k in keys]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=9, frameon=False,
+               title="line style and marker = backend; colour = optimizer", title_fontsize=9)
+    subtitle = "median step time, Python included, float32" + (f"; STREAM-like triad {triad:.1f} GB/s" if triad else "")
+    fig.suptitle(f"Optimizer step time by backend\n{subtitle}", fontsize=10)
+    legend_rows = -(-len(handles) // 3)
+    fig.subplots_adjust(left=0.05, right=1.0, top=1 - 0.75 / fig.get_figheight(),
+                        bottom=(0.85 + 0.2 * legend_rows) / fig.get_figheight())
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ counters move only with the update, and Ctrl-C during the update is raised once 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import numbers
 import signal
@@ -31,7 +32,7 @@ import threading
 
 import numpy as np
 
-from .backends import select_backend
+from .backends import fit_backend, select_backend
 from .state_checks import check_entry, check_keys, plain_copy
 
 #: why an optimizer is not pickled or copied, and what to use instead
@@ -55,7 +56,28 @@ def _data(p) -> np.ndarray:
     raise TypeError(f"parameters must be NumPy arrays or objects with a .data array, got {type(p).__name__}")
 
 
+def _serialised(method):
+    """One call at a time per optimizer: stepped from two threads, it runs one step after the other."""
+    @functools.wraps(method)
+    def serialised(self, *args, **kwargs):
+        lock = self.__dict__.get("_lock") or self.__dict__.setdefault("_lock", threading.RLock())
+        with lock:
+            return method(self, *args, **kwargs)
+    serialised.serialised = True
+    return serialised
+
+
 class Optimizer:
+    #: methods that run under the optimizer's lock, in every subclass that overrides them too
+    _serialised_methods = ("step", "state_dict", "load_state_dict", "add_param_group", "state_of", "close")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls._serialised_methods:
+            fn = cls.__dict__.get(name)
+            if callable(fn) and not getattr(fn, "serialised", False):
+                setattr(cls, name, _serialised(fn))
+
     #: names of per-element state arrays every parameter gets on its first step (zeros)
     state_buffers: tuple[str, ...] = ()
     #: False where ``_step`` only hands the gradients to the backend: with ``comm`` each rank then
@@ -95,6 +117,7 @@ class Optimizer:
         """Every parameter, in group order: position ``i`` here is the index used by ``state_dict()``."""
         return [p for g in self.param_groups for p in g["params"]]
 
+    @_serialised
     def add_param_group(self, group: dict) -> None:
         """Add a group ``{"params": [...], <hyperparameter overrides>}``; missing keys take the defaults."""
         self._check_open()
@@ -150,6 +173,7 @@ class Optimizer:
             self._sync_params(prefix=True)   # the backend carries state over by array identity
         params = self.params()
         arrays = [_data(p) for p in params]
+        self._backend = fit_backend(self._backend, arrays)    # e.g. float64 on a device without shaderFloat64
         self._backend.bind(arrays, self.state_buffers)
         self._track(params, arrays)
         self._group_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
@@ -242,6 +266,7 @@ class Optimizer:
                 else:
                     p.grad[...] = 0
 
+    @_serialised
     def step(self, closure=None, gradients=None):
         """One optimization step; returns the closure's loss (None without a closure).
 
@@ -380,6 +405,7 @@ class Optimizer:
         return grads
 
     # ------------------------------------------------------------------ state
+    @_serialised
     def state_of(self, p) -> dict:
         """Everything the optimizer keeps for parameter ``p`` (copies on the Vulkan path)."""
         self._check_open()
@@ -410,6 +436,7 @@ class Optimizer:
     #: every per-element buffer a loaded dict may carry: name -> kind ("elements" or "nonneg elements")
     _buffer_kinds: dict[str, str] = {}
 
+    @_serialised
     def state_dict(self) -> dict:
         """A portable snapshot: parameters by index, arrays as NumPy copies, the optimizer's class
         name under ``"optimizer"``.  Plain data only (dicts, lists, numbers, strings, arrays):
@@ -425,6 +452,7 @@ class Optimizer:
         return {"optimizer": type(self).__name__, "state": state, "param_groups": groups,
                 "extra": self._group_extra()}
 
+    @_serialised
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a ``state_dict()`` of this optimizer class.  Every entry is checked first (class,
         groups, types, ranges, finiteness, shapes); a dict that fails anywhere raises and leaves the
@@ -542,6 +570,7 @@ class Optimizer:
         self._check_open()
         self._backend.reload_params()
 
+    @_serialised
     def close(self) -> None:
         """Release device memory now (it is also released when the optimizer is garbage collected).
         Any later use of the optimizer raises RuntimeError; closing twice is harmless."""

@@ -4,17 +4,17 @@
 #include "common.glsli"
 
 struct Scalars {
-    float alpha_index;       // where this tensor's alpha is in ctl[]
+    real alpha_index;       // where this tensor's alpha is in ctl[]
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) buffer Param { float param[]; };
-layout(set = 0, binding = 5, std430) readonly buffer Upd { float upd[]; };
+layout(set = 0, binding = 4, std430) buffer Param { real param[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Upd { real upd[]; };
 
 void main() {
     WORK_ROW
-    float alpha = ctl[uint(seg[segment].alpha_index)];
+    real alpha = ctl[uint(seg[segment].alpha_index)];
     FOR_EACH_ELEMENT(k) {
-        precise float p = param[k] + alpha * upd[k];
+        precise real p = param[k] + alpha * upd[k];
         param[k] = p;
     }
 }

@@ -6,11 +6,11 @@
 #include "common.glsli"
 
 struct Scalars {
-    float mode;              // 0: no gradient this step (skip); 1: alpha = alpha_const; 2: estimator
-    float window;            // W for this tensor's step (computed on the host)
-    float numel;
-    float alpha_const;
-    float direction;         // -1, or +1 when maximizing
+    real mode;               // 0: no gradient this step (skip); 1: alpha = alpha_const; 2: estimator
+    real window;            // W for this tensor's step (computed on the host)
+    real numel;
+    real alpha_const;
+    real direction;         // -1, or +1 when maximizing
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
 
@@ -19,12 +19,12 @@ void main() {
         Scalars s = seg[i];
         if (s.mode == 0.0) continue;
         if (s.mode == 1.0) {
-            ctl[2u * i + 1u] = s.alpha_const;
+            ctl[2u * i + 1u] = TO_CTL(s.alpha_const);
             continue;
         }
-        precise float mean = partials[i * pc.n_sums] / s.numel;
-        precise float y = ctl[2u * i] + 0.9 * mean;
-        ctl[2u * i] = 0.1 * y;
-        ctl[2u * i + 1u] = s.direction * (y * s.window);
+        precise real mean = partials[i * pc.n_sums] / s.numel;
+        precise real y = ctl[2u * i] + RATIO(9.0, 10.0) * mean;
+        ctl[2u * i] = TO_CTL(RATIO(1.0, 10.0) * y);
+        ctl[2u * i + 1u] = TO_CTL(s.direction * (y * s.window));
     }
 }

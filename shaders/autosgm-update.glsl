@@ -5,29 +5,29 @@
 #include "common.glsli"
 
 struct Scalars {
-    float wd;
-    float coupled;           // 1: weight decay added to the gradient (wd_lvl 0)
-    float decoupled;         // (1 - beta_i)/(1 - gamma_i) for wd_lvl 1, else 0
-    float eta_i;
-    float beta_i;
-    float gamma_i;
-    float smooth_scale;      // 1/(1 - gamma_i) (1 at t=1) times the debiasing factor
-    float aopt;              // 1: divide by the moment estimate
-    float eta_a;
-    float beta_a;
-    float moment_scale;      // the moment estimator's debiasing factor
-    float eps;
-    float huber;             // 1: Huber-clip the gradient at 4x its running mean magnitude
-    float one_minus_beta_a;
-    float huber_scale;       // 1/(1 - beta_a^t) with debias
-    float alpha;             // -lr_init * W (positive when maximizing)
+    real wd;
+    real coupled;           // 1: weight decay added to the gradient (wd_lvl 0)
+    real decoupled;         // (1 - beta_i)/(1 - gamma_i) for wd_lvl 1, else 0
+    real eta_i;
+    real beta_i;
+    real gamma_i;
+    real smooth_scale;      // 1/(1 - gamma_i) (1 at t=1) times the debiasing factor
+    real aopt;              // 1: divide by the moment estimate
+    real eta_a;
+    real beta_a;
+    real moment_scale;      // the moment estimator's debiasing factor
+    real eps;
+    real huber;             // 1: Huber-clip the gradient at 4x its running mean magnitude
+    real one_minus_beta_a;
+    real huber_scale;       // 1/(1 - beta_a^t) with debias
+    real alpha;             // -lr_init * W (positive when maximizing)
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) buffer Param { float param[]; };
-layout(set = 0, binding = 5, std430) readonly buffer Grad { float grad[]; };
-layout(set = 0, binding = 6, std430) buffer GSm { float g_sm[]; };
-layout(set = 0, binding = 7, std430) buffer GVar { float g_var[]; };
-layout(set = 0, binding = 8, std430) buffer GMag { float g_mag[]; };
+layout(set = 0, binding = 4, std430) buffer Param { real param[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Grad { real grad[]; };
+layout(set = 0, binding = 6, std430) buffer GSm { real g_sm[]; };
+layout(set = 0, binding = 7, std430) buffer GVar { real g_var[]; };
+layout(set = 0, binding = 8, std430) buffer GMag { real g_mag[]; };
 
 #include "autosgm-front.glsli"
 
@@ -35,10 +35,10 @@ void main() {
     WORK_ROW
     Scalars s = seg[segment];
     FOR_EACH_ELEMENT(k) {
-        precise float w = param[k];
-        precise float g = grad[k];
-        float d;
-        precise float v = autosgm_front(s, k, w, g, d);
+        precise real w = param[k];
+        precise real g = grad[k];
+        real d;
+        precise real v = autosgm_front(s, k, w, g, d);
         param[k] = w + s.alpha * v;
     }
 }

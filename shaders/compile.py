@@ -3,9 +3,11 @@
     python shaders/compile.py          # compile what changed (needs glslc or glslangValidator)
     python shaders/compile.py --check  # exit 1 if a shipped .spv is stale (no compiler needed)
 
-``*.glsl`` files are kernels (each compiled to one .spv); ``*.glsli`` files are libraries they
-#include.  Each kernel's source hash (its text plus every library it includes) is recorded in
-hyperopt/spirv/manifest.json; a stale entry means the GLSL changed after the SPIR-V was built.
+``*.glsl`` files are kernels; ``*.glsli`` files are libraries they #include.  Each kernel is compiled
+once per precision (common.glsli's ``real`` type): ``<name>.spv`` (float32) and ``<name>.f64.spv``
+(float64, ``-DHYPEROPT_FLOAT64``).  Each build's source hash (the kernel's text, every library it
+includes and the precision) is recorded in hyperopt/spirv/manifest.json; a stale entry means the
+GLSL changed after the SPIR-V was built.
 """
 from __future__ import annotations
 
@@ -27,8 +29,14 @@ def sources() -> list[Path]:
     return sorted(SHADERS.glob("*.glsl"))
 
 
-def source_hash(path: Path) -> str:
+# (suffix of the .spv and manifest key, compiler definitions) per precision
+VARIANTS = (("", ()), (".f64", ("HYPEROPT_FLOAT64",)))
+
+
+def source_hash(path: Path, defines=()) -> str:
     h, seen, todo = hashlib.sha256(), set(), [path]
+    for d in defines:
+        h.update(f"-D{d}\n".encode())
     while todo:
         p = todo.pop(0)
         if p.name in seen:
@@ -44,17 +52,20 @@ def stale() -> list[str]:
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
     out = []
     for src in sources():
-        spv = OUT / (src.stem + ".spv")
-        if not spv.exists() or manifest.get(src.stem) != source_hash(src):
-            out.append(src.name)
+        for suffix, defines in VARIANTS:
+            spv = OUT / (src.stem + suffix + ".spv")
+            if not spv.exists() or manifest.get(src.stem + suffix) != source_hash(src, defines):
+                out.append(src.name + (f" ({suffix[1:]})" if suffix else ""))
     return out
 
 
-def compile_one(src: Path, dst: Path) -> None:
+def compile_one(src: Path, dst: Path, defines=()) -> None:
     if shutil.which("glslc"):
-        cmd = ["glslc", "-fshader-stage=compute", "--target-env=vulkan1.1", "-O", str(src), "-o", str(dst)]
+        cmd = ["glslc", "-fshader-stage=compute", "--target-env=vulkan1.1", "-O", *[f"-D{d}" for d in defines],
+               str(src), "-o", str(dst)]
     elif shutil.which("glslangValidator"):
-        cmd = ["glslangValidator", "-S", "comp", "--target-env", "vulkan1.1", "-o", str(dst), str(src)]
+        cmd = ["glslangValidator", "-S", "comp", "--target-env", "vulkan1.1", *[f"-D{d}" for d in defines],
+               "-o", str(dst), str(src)]
     else:
         sys.exit("no shader compiler found: install glslc (Debian: glslc) or glslangValidator (glslang-tools)")
     subprocess.run(cmd, check=True)
@@ -69,15 +80,18 @@ def main(argv) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
     for src in sources():
-        if src.stem in manifest and manifest[src.stem] == source_hash(src) and (OUT / (src.stem + ".spv")).exists():
-            continue
-        compile_one(src, OUT / (src.stem + ".spv"))
-        manifest[src.stem] = source_hash(src)
-        print(f"compiled {src.name}")
-    for stem in list(manifest):
-        if not (SHADERS / f"{stem}.glsl").exists():
-            del manifest[stem]
-            (OUT / f"{stem}.spv").unlink(missing_ok=True)
+        for suffix, defines in VARIANTS:
+            key, spv = src.stem + suffix, OUT / (src.stem + suffix + ".spv")
+            if manifest.get(key) == source_hash(src, defines) and spv.exists():
+                continue
+            compile_one(src, spv, defines)
+            manifest[key] = source_hash(src, defines)
+            print(f"compiled {spv.name}")
+    known = {src.stem + suffix for src in sources() for suffix, _ in VARIANTS}
+    for key in list(manifest):
+        if key not in known:
+            del manifest[key]
+            (OUT / f"{key}.spv").unlink(missing_ok=True)
     MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return 0
 

@@ -5,25 +5,25 @@
 #include "common.glsli"
 
 struct Scalars {
-    float keep;              // 1 - theta' = 1 + flip * theta
-    float costate_step;      // s = -delta * flip
-    float neg_weight_step;   // -delta * beta
-    float costate_first;     // nonzero: non-local order
+    real keep;              // 1 - theta' = 1 + flip * theta
+    real costate_step;      // s = -delta * flip
+    real neg_weight_step;   // -delta * beta
+    real costate_first;     // nonzero: non-local order
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) buffer Param { float param[]; };
-layout(set = 0, binding = 5, std430) readonly buffer Grad { float grad[]; };
-layout(set = 0, binding = 6, std430) buffer Costate { float costate[]; };
+layout(set = 0, binding = 4, std430) buffer Param { real param[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Grad { real grad[]; };
+layout(set = 0, binding = 6, std430) buffer Costate { real costate[]; };
 
 void main() {
     WORK_ROW
     Scalars s = seg[segment];
     bool first = s.costate_first != 0.0;
     FOR_EACH_ELEMENT(e) {
-        float p = costate[e];
+        real p = costate[e];
         // precise: every product rounded on its own (no fused multiply-add), as in the NumPy twin
-        precise float updated = s.keep * p + s.costate_step * grad[e];
-        precise float w = param[e] + s.neg_weight_step * (first ? updated : p);
+        precise real updated = s.keep * p + s.costate_step * grad[e];
+        precise real w = param[e] + s.neg_weight_step * (first ? updated : p);
         param[e] = w;
         costate[e] = updated;
     }

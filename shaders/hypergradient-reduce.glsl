@@ -5,16 +5,16 @@
 #include "common.glsli"
 
 struct Scalars {
-    float with_momentum;   // also sum <g, m>
-    float with_surprise;   // also sum |g|^2 and |g - ema|^2, then update the EMA
-    float ema_decay;       // gamma, or 0 when the EMA starts at this gradient
-    float ema_rate;        // 1 - gamma, or 1 when the EMA starts at this gradient
+    real with_momentum;   // also sum <g, m>
+    real with_surprise;   // also sum |g|^2 and |g - ema|^2, then update the EMA
+    real ema_decay;       // gamma, or 0 when the EMA starts at this gradient
+    real ema_rate;        // 1 - gamma, or 1 when the EMA starts at this gradient
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) readonly buffer Grad { vec4 grad[]; };
-layout(set = 0, binding = 5, std430) readonly buffer Direction { vec4 direction[]; };
-layout(set = 0, binding = 6, std430) readonly buffer ExpAvg { vec4 exp_avg[]; };
-layout(set = 0, binding = 7, std430) buffer GradEma { vec4 grad_ema[]; };
+layout(set = 0, binding = 4, std430) readonly buffer Grad { real4 grad[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Direction { real4 direction[]; };
+layout(set = 0, binding = 6, std430) readonly buffer ExpAvg { real4 exp_avg[]; };
+layout(set = 0, binding = 7, std430) buffer GradEma { real4 grad_ema[]; };
 
 void main() {
     WORK_ROW
@@ -22,21 +22,21 @@ void main() {
     // Uniform per segment: buffers that are off are never touched (they may be placeholders).
     bool momentum = s.with_momentum != 0.0;
     bool surprise = s.with_surprise != 0.0;
-    float gd = 0.0, gm = 0.0, gg = 0.0, err = 0.0;
+    real gd = 0.0, gm = 0.0, gg = 0.0, err = 0.0;
     FOR_EACH_VEC4(q) {
         bvec4 live = LIVE(q);
-        vec4 g = mix(vec4(0.0), grad[q], live);
+        real4 g = mix(real4(0.0), grad[q], live);
         gd += dot(g, direction[q]);
         if (momentum) gm += dot(g, exp_avg[q]);
         if (surprise) {
-            vec4 ema = grad_ema[q];
-            vec4 r = mix(vec4(0.0), g - ema, live);
+            real4 ema = grad_ema[q];
+            real4 r = mix(real4(0.0), g - ema, live);
             gg += dot(g, g);
             err += dot(r, r);
             grad_ema[q] = mix(ema, s.ema_decay * ema + s.ema_rate * g, live);
         }
     }
-    vec4 total = workgroup_sum4(vec4(gd, gm, gg, err));
+    real4 total = workgroup_sum4(real4(gd, gm, gg, err));
     write_partial(0, total.x);
     write_partial(1, total.y);
     write_partial(2, total.z);

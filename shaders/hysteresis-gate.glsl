@@ -7,26 +7,26 @@
 #include "hysterograd.glsli"
 
 struct Scalars {
-    float lr;
-    float eps;
-    float metric_power;
-    float ctl_base;       // index of the group's record in ctl[]
+    real lr;
+    real eps;
+    real metric_power;
+    real ctl_base;       // index of the group's record in ctl[]
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) buffer Param { vec4 param[]; };
-layout(set = 0, binding = 5, std430) readonly buffer Grad { vec4 grad[]; };
-layout(set = 0, binding = 6, std430) readonly buffer Metric { vec4 metric[]; };
+layout(set = 0, binding = 4, std430) buffer Param { real4 param[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Grad { real4 grad[]; };
+layout(set = 0, binding = 6, std430) readonly buffer Metric { real4 metric[]; };
 
 void main() {
     WORK_ROW
     Scalars s = seg[segment];
     uint base = uint(s.ctl_base);
     if (ctl[base + CTL_LIQUID] == 0.0) return;   // Frozen: uniform per workgroup, no barrier follows
-    precise float step = s.lr * ctl[base + CTL_CLIP];
+    precise real step = s.lr * ctl[base + CTL_CLIP];
     FOR_EACH_VEC4(q) {
-        vec4 old = param[q];
-        precise vec4 c = grad[q] / (metric_root(metric[q], s.metric_power) + s.eps);
-        precise vec4 p = old - step * c;
+        real4 old = param[q];
+        precise real4 c = grad[q] / (metric_root(metric[q], s.metric_power) + s.eps);
+        precise real4 p = old - step * c;
         param[q] = mix(old, p, LIVE(q));
     }
 }

@@ -5,20 +5,20 @@
 #include "common.glsli"
 
 struct Scalars {
-    float c0;
-    float c1;
-    float c2;
-    float c3;
-    float n_cols;       // 1..4 columns in use
-    float clip;
-    float apply_clip;   // nonzero: clip after the update
+    real c0;
+    real c1;
+    real c2;
+    real c3;
+    real n_cols;       // 1..4 columns in use
+    real clip;
+    real apply_clip;   // nonzero: clip after the update
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) buffer Param { float param[]; };
-layout(set = 0, binding = 5, std430) readonly buffer Proj0 { float proj0[]; };
-layout(set = 0, binding = 6, std430) readonly buffer Proj1 { float proj1[]; };
-layout(set = 0, binding = 7, std430) readonly buffer Proj2 { float proj2[]; };
-layout(set = 0, binding = 8, std430) readonly buffer Proj3 { float proj3[]; };
+layout(set = 0, binding = 4, std430) buffer Param { real param[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Proj0 { real proj0[]; };
+layout(set = 0, binding = 6, std430) readonly buffer Proj1 { real proj1[]; };
+layout(set = 0, binding = 7, std430) readonly buffer Proj2 { real proj2[]; };
+layout(set = 0, binding = 8, std430) readonly buffer Proj3 { real proj3[]; };
 
 void main() {
     WORK_ROW
@@ -26,7 +26,7 @@ void main() {
     uint n = uint(s.n_cols);
     bool clip = s.apply_clip != 0.0;
     FOR_EACH_ELEMENT(e) {
-        float p = param[e];
+        real p = param[e];
         p += s.c0 * proj0[e];
         if (n > 1u) p += s.c1 * proj1[e];
         if (n > 2u) p += s.c2 * proj2[e];

@@ -6,19 +6,19 @@
 #include "natural-grad-hash.glsli"
 
 struct Scalars {
-    float stream;
-    float bit0;
-    float n_cols;
-    float c0;
-    float c1;
-    float c2;
-    float c3;
-    float clip;
-    float apply_clip;
+    real stream;
+    real bit0;
+    real n_cols;
+    real c0;
+    real c1;
+    real c2;
+    real c3;
+    real clip;
+    real apply_clip;
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) buffer Param { float param[]; };
-layout(set = 0, binding = 5, std430) readonly buffer Key { float key[]; };
+layout(set = 0, binding = 4, std430) buffer Param { real param[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Key { real key[]; };
 
 
 // hash_sign(...) * c is exactly +c or -c, so the update rounds as the NumPy twin's does
@@ -30,8 +30,8 @@ void main() {
     uint st = hash32(uint(s.stream));
     bool clip = s.apply_clip != 0.0;
     FOR_EACH_ELEMENT(e) {
-        uint h = hash32(floatBitsToUint(key[e]) ^ st);
-        float p = param[e];
+        uint h = hash32(key_bits(key[e]) ^ st);
+        real p = param[e];
         p += hash_sign(h, b) * s.c0;
         if (n > 1u) p += hash_sign(h, b + 1u) * s.c1;
         if (n > 2u) p += hash_sign(h, b + 2u) * s.c2;

@@ -7,14 +7,14 @@
 #include "natural-grad-hash.glsli"
 
 struct Scalars {
-    float stream;    // 24-bit integer from (seed, step, parameter, column block), exact in float32
-    float bit0;      // first sign bit (column index modulo 32)
-    float n_cols;    // 1..4 columns in use
-    float scale;
+    real stream;    // 24-bit integer from (seed, step, parameter, column block), exact in float32
+    real bit0;      // first sign bit (column index modulo 32)
+    real n_cols;    // 1..4 columns in use
+    real scale;
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) readonly buffer Grad { float grad[]; };
-layout(set = 0, binding = 5, std430) readonly buffer Key { float key[]; };
+layout(set = 0, binding = 4, std430) readonly buffer Grad { real grad[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Key { real key[]; };
 
 
 void main() {
@@ -23,10 +23,10 @@ void main() {
     uint n = uint(s.n_cols);
     uint b = uint(s.bit0);
     uint st = hash32(uint(s.stream));
-    vec4 acc = vec4(0.0);
+    real4 acc = real4(0.0);
     FOR_EACH_ELEMENT(e) {
-        uint h = hash32(floatBitsToUint(key[e]) ^ st);
-        float g = grad[e];
+        uint h = hash32(key_bits(key[e]) ^ st);
+        real g = grad[e];
         acc.x += hash_sign(h, b) * g;
         if (n > 1u) acc.y += hash_sign(h, b + 1u) * g;
         if (n > 2u) acc.z += hash_sign(h, b + 2u) * g;

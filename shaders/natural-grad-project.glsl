@@ -5,25 +5,25 @@
 #include "common.glsli"
 
 struct Scalars {
-    float scale;     // multiplies every sum (1.0 when P is uploaded already scaled)
-    float n_cols;    // 1..4 columns in use
+    real scale;     // multiplies every sum (1.0 when P is uploaded already scaled)
+    real n_cols;    // 1..4 columns in use
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) readonly buffer Grad { float grad[]; };
-layout(set = 0, binding = 5, std430) readonly buffer Proj0 { float proj0[]; };
-layout(set = 0, binding = 6, std430) readonly buffer Proj1 { float proj1[]; };
-layout(set = 0, binding = 7, std430) readonly buffer Proj2 { float proj2[]; };
-layout(set = 0, binding = 8, std430) readonly buffer Proj3 { float proj3[]; };
+layout(set = 0, binding = 4, std430) readonly buffer Grad { real grad[]; };
+layout(set = 0, binding = 5, std430) readonly buffer Proj0 { real proj0[]; };
+layout(set = 0, binding = 6, std430) readonly buffer Proj1 { real proj1[]; };
+layout(set = 0, binding = 7, std430) readonly buffer Proj2 { real proj2[]; };
+layout(set = 0, binding = 8, std430) readonly buffer Proj3 { real proj3[]; };
 
 void main() {
     WORK_ROW
     Scalars s = seg[segment];
     uint n = uint(s.n_cols);
-    vec4 acc = vec4(0.0);
+    real4 acc = real4(0.0);
     FOR_EACH_ELEMENT(e) {
-        float g = grad[e];
+        real g = grad[e];
         acc.x += proj0[e] * g;
-        // masked columns are not read: they alias a real column and would only cost bandwidth
+        // masked columns are not read: they alias a float column and would only cost bandwidth
         if (n > 1u) acc.y += proj1[e] * g;
         if (n > 2u) acc.z += proj2[e] * g;
         if (n > 3u) acc.w += proj3[e] * g;

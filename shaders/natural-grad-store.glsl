@@ -4,15 +4,15 @@
 #include "common.glsli"
 
 struct Scalars {
-    float scale;    // 1 / sqrt(D)
+    real scale;    // 1 / sqrt(D)
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
-layout(set = 0, binding = 4, std430) readonly buffer Grad { float grad[]; };
-layout(set = 0, binding = 5, std430) writeonly buffer Proj { float proj[]; };
+layout(set = 0, binding = 4, std430) readonly buffer Grad { real grad[]; };
+layout(set = 0, binding = 5, std430) writeonly buffer Proj { real proj[]; };
 
 void main() {
     WORK_ROW
-    float scale = seg[segment].scale;
+    real scale = seg[segment].scale;
     FOR_EACH_ELEMENT(e) {
         proj[e] = scale * grad[e];
     }

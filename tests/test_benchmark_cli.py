@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["benchmarks.train", "benchmarks.snn", "benchmarks.hysterograd_moons", "benchmarks.autosgm_windows",
-           "benchmarks.mechanisms"]
+SCRIPTS = ["benchmarks.run", "benchmarks.train", "benchmarks.snn", "benchmarks.hysterograd_moons",
+           "benchmarks.autosgm_windows", "benchmarks.mechanisms"]
 BAD = {
+    "benchmarks.run": [["--sizes", "10k"], ["--sizes", "1.5"], ["--only", "Adam"], ["--budget", "0"],
+                       ["--device", "cpu"], ["--device", "vulkan:"], ["--device", "vulkan:no-such-device"],
+                       ["--skip", "gpu"]],
     "benchmarks.train": [["--only", "Adam"], ["--datasets", "mnist"], ["--bogus"]],
     "benchmarks.snn": [["--epochs", "10k"], ["--hidden", "0"], ["--lr", "-1"]],
     "benchmarks.hysterograd_moons": [["--epochs", "10k"], ["--stiffening", "nan?"], ["results.png"]],
@@ -73,3 +76,47 @@ def test_ranges_and_one_line_parser():
     assert backend_label("vulkan:NVIDIA GeForce RTX 4090 Laptop GPU with a long name") == \
         "vulkan (NVIDIA GeForce RTX 4090 Laptop GPU with a long name)"
     assert backend_label("numpy") == "numpy"
+
+
+def test_run_size_argument():
+    import argparse
+
+    from benchmarks.run import MIX, size_arg
+    assert size_arg("1e4") == size_arg("10000") == 10_000
+    assert size_arg("16e6") == 16_000_000 and size_arg("mix200") == MIX
+    for bad in ("10k", "1.5", "0", "-1e4", "1e12", "mix"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            size_arg(bad)
+
+
+@pytest.mark.timeout(600)
+def test_run_writes_one_valid_table_with_its_csv_and_plot(tmp_path):
+    """A tiny benchmark run: benchmark.md is one Markdown table (markdown-it-py) recording how it
+    was made, benchmark.csv has the same columns and rows, and the plot is written."""
+    import csv
+
+    from markdown_it import MarkdownIt
+
+    from benchmarks.run import MIX, label
+    out = tmp_path / "out"
+    r = _run("benchmarks.run", ["--only", "AdamW", "HL", "--sizes", "1e3", "mix200", "--budget", "0.01",
+                                "--skip", "first-step", "torch", "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["benchmark.csv", "benchmark.md", "benchmark.png"]
+    text = (out / "benchmark.md").read_text()
+    for field in ("- command: `python -m benchmarks.run --only AdamW HL", "- date: ", "- sizes: 1e3, 200 tensors",
+                  "- versions: "):
+        assert field in text, field
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    assert [t.type for t in tokens].count("table_open") == 1
+    head = [tokens[k + 1].content for k, t in enumerate(tokens) if t.type == "th_open"]
+    rows = [t for t in tokens if t.type == "tr_open"][1:]
+    assert head[:4] == ["optimizer", "size", "B/elt", "NumPy twins ms"]
+    assert len(rows) == 4                       # 2 optimizers x 2 sizes (one tensor, the mix)
+    mix = label(MIX)
+    with open(out / "benchmark.csv", newline="") as fh:
+        table = list(csv.reader(line for line in fh if not line.startswith("#")))
+    assert table[0] == head and len(table) == 5
+    assert [row[:2] for row in table[1:]] == [["AdamW", "1e3"], ["AdamW", mix], ["HL", "1e3"], ["HL", mix]]
+    ms = table[0].index("NumPy twins ms")
+    assert all(float(row[ms]) > 0 for row in table[1:])

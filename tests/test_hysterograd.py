@@ -312,7 +312,7 @@ def test_shaders_use_the_control_layout_of_the_twins():
         assert '#include "hysterograd.glsli"' in (ROOT / "shaders" / f"{shader}.glsl").read_text()
 
 
-def test_backends_agree_on_odd_sizes_and_extreme_values(opt_kwargs):
+def test_backends_agree_on_odd_sizes_and_extreme_values(vulkan_device):
     rng = np.random.default_rng(7)
     sizes = [1, 255, 257, 4099, (1 << 20) + 3]
     # gradients over 30 decades; shared hysteresis settings that give both Liquid and Frozen steps
@@ -321,7 +321,7 @@ def test_backends_agree_on_odd_sizes_and_extreme_values(opt_kwargs):
     kw = dict(lr=0.01, stiffening_factor=0.7, grad_clip=50.0, hysteresis_scale=50.0, initial_temp=0.0,
               adaptive_threshold=False)
     runs = []
-    for backend_kwargs in ({"use_gpu": False}, opt_kwargs):
+    for backend_kwargs in ({"use_gpu": False}, {"use_gpu": True, "device": vulkan_device}):
         ps = [np.linspace(-1, 1, n, dtype=np.float32) for n in sizes]
         opt = HIOptimizer([dict(params=ps[:3]), dict(params=ps[3:], schmitt=(0.5, 2.0))], **backend_kwargs, **kw)
         trace = [(opt.step(gradients=g), opt.diagnostics()) for g in grads]

@@ -24,16 +24,17 @@ def test_glsl_matches_declaration(name):
     source = re.sub(r"//[^\n]*", "", glsl(kernel))
     struct = STRUCT.search(source)
     assert struct, f"{kernel.shader}.glsl declares no struct Scalars"
-    fields = re.findall(r"float\s+(\w+)\s*;", struct.group(1))
+    fields = re.findall(r"(?:float|real)\s+(\w+)\s*;", struct.group(1))
     assert tuple(fields) == (kernel.scalars or ("unused",)), f"{kernel.shader}.glsl Scalars fields differ from the declaration"
     arenas = sorted((int(b), n) for b, n in BINDING.findall(source) if int(b) >= 4)
     expected = [] if kernel.kind == CONTROL else list(enumerate(kernel.buffers, start=4))
     assert arenas == expected, f"{kernel.shader}.glsl arena bindings differ from the declaration"
-    assert (ROOT / "hyperopt" / "spirv" / f"{kernel.shader}.spv").exists()
+    for variant in ("", ".f64"):       # float32 and float64 builds of the one source
+        assert (ROOT / "hyperopt" / "spirv" / f"{kernel.shader}{variant}.spv").exists()
 
 
 def test_every_shader_has_a_declaration():
-    declared = {k.shader for k in KERNELS.values()} | {"segment-sum"}
+    declared = {k.shader for k in KERNELS.values()} | {"segment-sum", "copy-bandwidth"}   # copy-bandwidth: gpu_check's probe
     shipped = {p.stem for p in (ROOT / "shaders").glob("*.glsl")}
     assert shipped == declared
 

@@ -302,6 +302,7 @@ def test_functional_errors():
         HCNaturalGrad(0.1)
 
 
+@pytest.mark.no_launch   # every step is refused before a kernel runs
 def test_ordinary_errors_leave_parameters_untouched(opt_kwargs):
     w = np.ones(3, np.float32)
     opt = HCNaturalGrad([w], **opt_kwargs)
@@ -432,13 +433,14 @@ def test_hash_kernels_match_their_twins(opt_kwargs):
     backend.close()
 
 
-def test_hash_projection_optimizer_agrees_across_backends_and_descends(opt_kwargs):
+def test_hash_projection_optimizer_agrees_across_backends_and_descends(vulkan_device):
     _, _, W0, b0, loss_grad = softmax_problem()
     B = np.random.default_rng(3).standard_normal((40, 6, 5))
     runs = []
-    for kw in ({"use_gpu": False}, opt_kwargs):
+    for kw in ({"use_gpu": False}, {"use_gpu": True, "device": vulkan_device}):
         W, b = W0.copy(), b0.copy()
         opt = HCNaturalGrad([W, b], lr=0.05, fisher_damp=0.1, clip=1.0, projection="hash", seed=11, **kw)
+        assert opt.backend.startswith("vulkan:") == (kw["use_gpu"] is True)
         assert opt.state_buffers == ("key",)
         losses = []
         for t in range(40):
@@ -446,7 +448,9 @@ def test_hash_projection_optimizer_agrees_across_backends_and_descends(opt_kwarg
             losses.append(loss)
             opt.step(gradients=[gW, gb], branches=B[t])
         runs.append((W, b, losses))
-    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-5)
+    # per-parameter sums of P^T g differ in rounding between the backends (float64 on the host, float32
+    # partials on the device): after 40 steps the parameters agree to a few float32 ulps
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=2e-6, atol=1e-7)
     assert runs[1][2][-1] < runs[1][2][0] - 0.2
 
 

@@ -327,6 +327,7 @@ def test_zero_dimensional_parameters_step(name, backend, opt_kwargs):
         assert np.all(ps[0] == ps[1])             # the same arithmetic as a 1-element slot of a vector
 
 
+@pytest.mark.no_launch   # refused before any kernel runs
 def test_read_only_parameters_are_refused_up_front(backend, opt_kwargs):
     a = np.zeros(3, np.float32)
     a.setflags(write=False)
@@ -341,6 +342,7 @@ def test_read_only_parameters_are_refused_up_front(backend, opt_kwargs):
     assert len(opt.param_groups) == 1
 
 
+@pytest.mark.no_launch   # refused before any kernel runs
 def test_aliased_parameters_are_refused(backend, opt_kwargs):
     W = np.zeros((4, 4), np.float32)
     with pytest.raises(ValueError, match="share memory"):
@@ -381,6 +383,7 @@ def test_hypergradient_log_scale_from_lr_zero(backend, opt_kwargs):
 
 
 # ------------------------------------------------------------------ no silent no-op
+@pytest.mark.no_launch   # refused before any kernel runs
 @pytest.mark.parametrize("name", NAMES)
 def test_no_gradient_source_is_an_error(name, backend, opt_kwargs):
     arrays = _start()
@@ -483,6 +486,7 @@ print("CONSISTENT", hits)
 '''
 
 
+@pytest.mark.no_launch   # its kernels run in a child process, which checks its own backend
 @pytest.mark.timeout(600)
 def test_ctrl_c_during_steps_leaves_everything_at_one_step(backend, opt_kwargs):
     """SIGINT from a timer thread at random times while every optimizer steps: parameters and the

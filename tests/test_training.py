@@ -6,24 +6,40 @@ import pytest
 from benchmarks import snn
 from benchmarks.train import CONFIGS, run_one
 
-ACCURACY = {"moons": 0.95, "digits": 0.90}
+# Test accuracy of the committed runs (benchmarks/results/lavapipe-2core/training.md, both backends
+# equal) minus a margin of 0.01 (3 of 300 moons test points, 4 of 360 digits ones).
+COMMITTED = {"moons": dict.fromkeys(CONFIGS, 0.9967),
+             "digits": {"AdamW": 0.9703, "HypergradientAdamW": 0.9703, "AutoHypergradientAdamW": 0.9740,
+                        "HIOptimizer": 0.9666, "AutoSGM": 0.9703, "HCNaturalGrad": 0.9610, "HL": 0.9703}}
+MARGIN = 0.01
+# README: NumPy and Vulkan loss curves are bit-identical for the four optimizers whose step uses no
+# sum of device reductions on the host; the others differ by at most these (measured: 1.04e-7 for
+# HypergradientAdamW on digits, 2.98e-7 for HCNaturalGrad with branches on digits).
+BIT_IDENTICAL = ("AdamW", "HIOptimizer", "AutoSGM", "HL")
+CURVE_ATOL = {"HypergradientAdamW": 1.05e-7, "AutoHypergradientAdamW": 1.05e-7, "HCNaturalGrad": 4e-7}
 
 
 @pytest.mark.parametrize("dataset", ["moons", "digits"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_every_optimizer_learns(name, dataset, backend, opt_kwargs):
     losses, accuracy, _, used = run_one(name, dataset, opt_kwargs["use_gpu"], opt_kwargs.get("device"))
-    assert used.startswith(backend)
-    assert accuracy >= ACCURACY[dataset], f"{name} on {dataset} ({used}): test accuracy {accuracy:.3f}"
+    assert used.startswith(("numpy", "numba") if backend == "numpy" else backend)
+    want = COMMITTED[dataset][name] - MARGIN
+    assert accuracy >= want, f"{name} on {dataset} ({used}): test accuracy {accuracy:.4f} < {want:.4f}"
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
 
 
-@pytest.mark.parametrize("name", ["AdamW", "AutoHypergradientAdamW", "HIOptimizer"])
-def test_numpy_and_vulkan_curves_track_each_other(name, vulkan_device):
-    a = run_one(name, "digits", False)[0]
-    b = run_one(name, "digits", True, vulkan_device)[0]
+@pytest.mark.parametrize("dataset", ["moons", "digits"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_numpy_and_vulkan_curves_track_each_other(name, dataset, vulkan_device):
+    a, _, _, used_a = run_one(name, dataset, False)
+    b, _, _, used_b = run_one(name, dataset, True, vulkan_device)
+    assert not used_a.startswith("vulkan") and used_b.startswith("vulkan:"), (used_a, used_b)
     assert len(a) == len(b)
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    if name in BIT_IDENTICAL:
+        np.testing.assert_array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    else:
+        np.testing.assert_allclose(a, b, rtol=0, atol=CURVE_ATOL[name])
 
 
 def test_spiking_network_beats_chance_and_modulation_is_measured(backend, opt_kwargs):

@@ -13,6 +13,8 @@ from hyperopt.kernels import KERNELS
 
 from conftest import DEVICE, REQUIRE, vulkan_available
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 reason = vulkan_available()
 if reason is not None:
     if REQUIRE:
@@ -73,8 +75,12 @@ def test_windows_past_the_binding_limit(monkeypatch, staging):
 
 
 @pytest.mark.skipif(os.environ.get("HYPEROPT_SKIP_HUGE") == "1", reason="HYPEROPT_SKIP_HUGE=1")
-def test_a_parameter_larger_than_128_mib():
-    n = 40_000_000        # 160 MB per buffer: past lavapipe's 128 MiB binding limit
+def test_a_parameter_larger_than_the_binding_limit(monkeypatch):
+    """One parameter bound as several windows.  The limit is forced (32 MiB, like the environment
+    variable HYPEROPT_VULKAN_MAX_BINDING), so no driver's own limit is assumed."""
+    ctx = vulkan.context(DEVICE)
+    monkeypatch.setattr(ctx, "max_binding_bytes", min(ctx.max_binding_bytes, 32 << 20))
+    n = 10_000_000        # 40 MB per buffer
     p = np.zeros(n, np.float32)
     g = np.ones(n, np.float32)
     g[-1] = -1
@@ -121,9 +127,72 @@ def test_reductions_are_deterministic_and_match_numpy(kernel):
     np.testing.assert_allclose(results[0], results[4], rtol=1e-5, atol=1e-5)
 
 
-def test_float64_parameters_are_refused_clearly():
-    with pytest.raises(TypeError, match="float32 parameters; parameter 0 is float64"):
-        AdamW([np.zeros(3)], use_gpu=True, device=DEVICE)
+def _optimizer_cases():
+    from benchmarks.run import cases
+    return cases()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", sorted(_optimizer_cases()))
+def test_float64_on_vulkan_agrees_with_float64_numpy(name):
+    """float64 parameters run the kernels' float64 builds (where the device has shaderFloat64)."""
+    if not vulkan.context(DEVICE).float64:
+        pytest.skip(f"{vulkan.context(DEVICE).name} has no shaderFloat64 (the CPU-path fallback is tested below)")
+    factory = _optimizer_cases()[name]
+    rng = np.random.default_rng(7)
+    shapes = [(300, 7), (5,), (4100,)]
+    start = [rng.standard_normal(s) for s in shapes]
+    runs = {}
+    for use_gpu, device in ((False, None), (True, DEVICE)):
+        params = [p.copy() for p in start]
+        opt = factory(params, use_gpu, device)
+        assert opt.backend.startswith("vulkan:") == use_gpu
+        grng = np.random.default_rng(8)
+        for _ in range(4):
+            opt.step(gradients=[grng.standard_normal(s) for s in shapes])
+        runs[use_gpu] = params
+    for a, b in zip(runs[False], runs[True]):
+        assert a.dtype == b.dtype == np.float64
+        # float32 would be ~1e-7 off; the control buffer (device-side scalars such as AutoSGM's alpha) is
+        # float32 at either precision, which moves a few elements by ~1e-9
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.no_launch
+@pytest.mark.cpu_fallback   # float64 without shaderFloat64 moves to the CPU path, by design
+def test_float64_without_shader_float64_runs_on_the_cpu_path(monkeypatch):
+    import hyperopt.backends as backends
+    ctx = vulkan.context(DEVICE)
+    monkeypatch.setattr(ctx, "float64", False)
+    monkeypatch.setattr(backends, "_told", set())
+    p = np.ones(4)
+    with pytest.warns(RuntimeWarning, match="no shaderFloat64.*CPU path") as caught:
+        opt = AdamW([p], lr=0.1, use_gpu=True, device=DEVICE)
+        AdamW([np.ones(4)], use_gpu=True, device=DEVICE)          # warned once
+    assert len(caught) == 1 and caught[0].filename == __file__
+    assert opt.backend in ("numpy", "numba")
+    opt.step(gradients=[np.ones(4)])
+    assert p[0] == pytest.approx((1 - 0.1 * 0.01) - 0.1 / (1 + 1e-8), rel=1e-14)   # double-precision scalars
+
+
+def test_mixed_precisions_move_an_optimizer_to_the_cpu_path_with_its_state(monkeypatch):
+    import hyperopt.backends as backends
+    monkeypatch.setattr(backends, "_told", set())
+    a, b = np.ones(6, np.float32), np.ones(3)
+    ra, rb = a.copy(), b.copy()
+    opt = AdamW([a], lr=0.1, use_gpu=True, device=DEVICE)
+    ref = AdamW([ra], lr=0.1, use_gpu=False)
+    for o, x in ((opt, a), (ref, ra)):
+        o.step(gradients=[np.full(6, 0.5, np.float32)])
+    with pytest.warns(RuntimeWarning, match="mix float32 and float64"):
+        opt.add_param_group({"params": [b]})
+    ref.add_param_group({"params": [rb]})
+    assert opt.backend in ("numpy", "numba")
+    for o, x, y in ((opt, a, b), (ref, ra, rb)):
+        o.step(gradients=[np.full(6, 0.5, np.float32), np.full(3, 0.25)])
+    np.testing.assert_array_equal(a, ra)        # the moments came along from the device
+    np.testing.assert_array_equal(b, rb)
+    assert a.dtype == np.float32 and b.dtype == np.float64
 
 
 NO_LOADER = textwrap.dedent("""
@@ -138,6 +207,7 @@ NO_LOADER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.no_launch   # runs in a subprocess without a loader
 def test_without_a_vulkan_loader_import_works_and_falls_back(tmp_path):
     fake = tmp_path / "vulkan"
     fake.mkdir()
@@ -146,21 +216,93 @@ def test_without_a_vulkan_loader_import_works_and_falls_back(tmp_path):
     env.pop("HYPEROPT_REQUIRE_VULKAN", None)
     out = subprocess.run([sys.executable, "-c", NO_LOADER], env=env, capture_output=True, text=True, check=True)
     words = out.stdout.split()
-    assert words[0] == "numpy" and words[1] == "1"
+    assert words[0] in ("numpy", "numba") and words[1] == "1"   # the CPU path
     assert "Vulkan loader could not be loaded" in out.stdout
     assert float(words[-1]) < 0
 
 
-def test_gpu_request_without_hardware_gpu_warns(monkeypatch):
-    """device='gpu' never takes lavapipe: on a CPU-only machine it warns and runs NumPy."""
-    names = [vulkan._text(vk_props.deviceName) for _, vk_props in _devices()]
-    types = [vk_props.deviceType for _, vk_props in _devices()]
-    if any(t != vulkan.vk.VK_PHYSICAL_DEVICE_TYPE_CPU for t in types):
-        pytest.skip(f"this machine has a hardware GPU: {names}")
+def _cpu_only():
+    types = [props.deviceType for _, props in _devices()]
+    return all(t == vulkan.vk.VK_PHYSICAL_DEVICE_TYPE_CPU for t in types)
+
+
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
+def test_gpu_request_without_hardware_gpu_warns_once_at_the_callers_line(monkeypatch):
+    """use_gpu=True never takes a CPU driver: on a CPU-only machine it warns once, then runs the CPU path."""
+    if not _cpu_only():
+        pytest.skip("this machine has a hardware GPU")
+    import hyperopt.backends as backends
     monkeypatch.delenv("HYPEROPT_REQUIRE_VULKAN", raising=False)
-    with pytest.warns(RuntimeWarning, match="no Vulkan device matches device='gpu'"):
-        opt = AdamW([np.zeros(2, np.float32)], use_gpu=True, device="gpu")
-    assert opt.backend == "numpy"
+    monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
+    monkeypatch.setattr(backends, "_told", set())
+    with pytest.warns(RuntimeWarning, match="no hardware GPU is present") as caught:
+        opt = AdamW([np.zeros(2, np.float32)], use_gpu=True)
+        AdamW([np.zeros(2, np.float32)], use_gpu=True, device="gpu")     # once per process
+    assert len(caught) == 1 and caught[0].filename == __file__
+    assert opt.backend in ("numpy", "numba")
+    monkeypatch.setenv("HYPEROPT_REQUIRE_VULKAN", "1")
+    with pytest.raises(RuntimeError, match="HYPEROPT_REQUIRE_VULKAN=1"):
+        AdamW([np.zeros(2, np.float32)], use_gpu=True)
+
+
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
+def test_auto_on_a_cpu_only_machine_runs_the_cpu_path_without_a_warning(monkeypatch, caplog):
+    if not _cpu_only():
+        pytest.skip("this machine has a hardware GPU")
+    import logging
+    import warnings
+    import hyperopt.backends as backends
+    monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
+    monkeypatch.setattr(backends, "_told", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.INFO, logger="hyperopt"):
+            opts = [AdamW([np.zeros(2, np.float32)], use_gpu="auto") for _ in range(2)]
+    assert all(o.backend in ("numpy", "numba") for o in opts)     # a CPU driver is never taken implicitly
+    notices = [r for r in caplog.records if r.name == "hyperopt"]
+    assert len(notices) == 1 and "CPU path" in notices[0].getMessage()
+
+
+@pytest.mark.parametrize("use_gpu, device", [(False, "gpu"), (False, "vulkan:cpu"), (False, "vulkan:0"),
+                                             (True, "cpu")])
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
+def test_contradictions_raise(use_gpu, device):
+    with pytest.raises(ValueError, match="contradicts"):
+        AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
+
+
+@pytest.mark.parametrize("use_gpu, device", [("False", None), (1, None), (None, None), (True, "lavapipe"),
+                                             (True, "vulkan:"), (True, 0)])
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
+def test_bad_device_arguments_raise(use_gpu, device):
+    with pytest.raises((ValueError, TypeError), match="use_gpu|device"):
+        AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
+
+
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
+@pytest.mark.parametrize("use_gpu", [True, "auto"])
+@pytest.mark.parametrize("device", ["vulkan:no such device", "vulkan:99"])
+def test_an_explicit_vulkan_device_that_matches_nothing_raises(monkeypatch, use_gpu, device):
+    monkeypatch.delenv("HYPEROPT_REQUIRE_VULKAN", raising=False)
+    with pytest.raises(RuntimeError, match="no Vulkan device matches device="):
+        AdamW([np.zeros(2, np.float32)], use_gpu=use_gpu, device=device)
+
+
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
+def test_device_names_pick_the_path(monkeypatch):
+    monkeypatch.delenv("HYPEROPT_DEVICE", raising=False)
+    assert AdamW([np.zeros(2, np.float32)], use_gpu="auto", device="cpu").backend in ("numpy", "numba")
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend in ("numpy", "numba")
+    name = vulkan.context(DEVICE).name
+    by_index = [k for k, (_, p) in enumerate(_devices()) if vulkan._text(p.deviceName) == name][0]
+    for device in (DEVICE, f"vulkan:{by_index}", f"vulkan:{name[:5].upper()}"):
+        assert AdamW([np.zeros(2, np.float32)], use_gpu=True, device=device).backend == f"vulkan:{name}"
+    monkeypatch.setenv("HYPEROPT_DEVICE", DEVICE)      # the environment names the device when device=None
+    assert AdamW([np.zeros(2, np.float32)]).backend == f"vulkan:{name}"
+    monkeypatch.setenv("HYPEROPT_DEVICE", "cpu")
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=True).backend in ("numpy", "numba")
+    monkeypatch.setenv("HYPEROPT_DEVICE", DEVICE)
+    assert AdamW([np.zeros(2, np.float32)], use_gpu=False).backend in ("numpy", "numba")   # False is never overridden
 
 
 def _devices():
@@ -168,6 +310,7 @@ def _devices():
     return [(d, vulkan.vk.vkGetPhysicalDeviceProperties(d)) for d in vulkan.vk.vkEnumeratePhysicalDevices(ctx.instance)]
 
 
+@pytest.mark.no_launch   # provokes a validation message, no optimizer step
 @pytest.mark.skipif(os.environ.get("HYPEROPT_VULKAN_VALIDATION") != "1", reason="validation layer not enabled")
 def test_validation_layer_reports_invalid_usage():
     """The layer the suite relies on really speaks: an invalid call is reported."""
@@ -181,3 +324,73 @@ def test_validation_layer_reports_invalid_usage():
         pass
     assert any("VUID-VkBufferCreateInfo-size" in m for m in vulkan.validation_messages)
     vulkan.validation_messages.clear()
+
+
+PIPELINE_CACHE = textwrap.dedent("""
+    import sys, numpy as np
+    from hyperopt import AdamW
+    from hyperopt.backends import vulkan
+    opt = AdamW([np.zeros(10, np.float32)], use_gpu=True, device=sys.argv[1])
+    opt.step(gradients=[np.ones(10, np.float32)])
+    ctx = vulkan.context(sys.argv[1])
+    print(ctx.cache_loaded, ctx.cache_path)
+""")
+
+
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
+@pytest.mark.timeout(120)
+def test_pipeline_cache_persists_across_processes(tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=ROOT)
+    env.pop("HYPEROPT_CACHE_DIR", None)
+    run = lambda e: subprocess.run([sys.executable, "-c", PIPELINE_CACHE, DEVICE], env=e, capture_output=True,
+                                   text=True, check=True, timeout=100).stdout.split()
+    loaded, path = run(env)
+    assert loaded == "0" and path.startswith(str(tmp_path / "xdg" / "hyperopt"))
+    written = os.path.getsize(path)
+    assert written > 0                               # written at exit
+    loaded, again = run(env)
+    assert again == path and int(loaded) == written  # the next process starts from it
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    loaded, path = run(dict(env, HYPEROPT_CACHE_DIR=str(blocked / "cache")))   # unwritable: still works
+    assert loaded == "0" and not os.path.exists(path)
+
+
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
+def test_layouts_past_2_to_the_32_elements_are_refused_before_allocating():
+    """Work-table entries are 32-bit arena indices: a layout that would wrap them is refused."""
+    with pytest.raises(ValueError, match="2\\^32"):
+        vulkan.plan_layout([2**31, 2**31], row_size=16384)
+    sizes = [2**31, 2**31 - 2**20, 3]          # just under the limit: planned without allocating anything
+    offsets, rows, total = vulkan.plan_layout(sizes, row_size=1 << 24)
+    assert total < 2**32 and rows.dtype == np.uint32
+    for s, (off, n) in enumerate(zip(offsets, sizes)):
+        mine = rows[rows[:, 0] == s]
+        assert mine[0, 1] == off and mine[-1, 2] == off + n                # rows cover the segment exactly
+        assert np.all(mine[1:, 1] == mine[:-1, 2])
+
+
+MAX_BINDING = textwrap.dedent("""
+    import sys, numpy as np
+    from hyperopt import AdamW
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(600_000).astype(np.float32)
+    ref = p.copy()
+    opt = AdamW([p], lr=1e-2, use_gpu=True, device=sys.argv[1])
+    ref_opt = AdamW([ref], lr=1e-2, use_gpu=False)
+    for _ in range(2):
+        g = rng.standard_normal(600_000).astype(np.float32)
+        opt.step(gradients=[g])
+        ref_opt.step(gradients=[g])
+    print(len(opt._backend._windows), float(np.max(np.abs(p - ref))))
+""")
+
+
+@pytest.mark.no_launch   # checks device selection or layout planning: no kernel runs
+@pytest.mark.timeout(120)
+def test_the_binding_limit_can_be_forced_from_the_environment():
+    """HYPEROPT_VULKAN_MAX_BINDING: windows on any driver, whatever its own limit."""
+    env = dict(os.environ, HYPEROPT_VULKAN_MAX_BINDING=str(1 << 20), PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", MAX_BINDING, DEVICE], env=env, capture_output=True, text=True,
+                         check=True, timeout=100).stdout.split()
+    assert int(out[0]) >= 3 and float(out[1]) < 1e-6

@@ -1,13 +1,32 @@
-"""AdamW's per-element update; GLSL twin: shaders/adamw-update.glsl."""
+"""AdamW's per-element update: NumPy twin, fused CPU body, GLSL twin shaders/adamw-update.glsl."""
 import numpy as np
 
 from .core import kernel, scratch
 
 
+def adamw_update_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``adamw_update``: the twin's operations, element by element."""
+    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq = bufs
+    (decay, one_minus_beta1, beta2, one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt,
+     amsgrad, maximize) = s
+    for i in range(lo, hi):
+        g = -grad[i] if maximize != 0 else grad[i]
+        m = exp_avg[i] + (g - exp_avg[i]) * one_minus_beta1
+        v = exp_avg_sq[i] * beta2 + (g * one_minus_beta2) * g
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
+        if amsgrad != 0:
+            v = np.maximum(max_exp_avg_sq[i], v)
+            max_exp_avg_sq[i] = v
+        denom = np.sqrt(v) / bias_correction2_sqrt + eps
+        param[i] = param[i] * decay + (m * neg_step_size) / denom
+
+
 @kernel("adamw_update",
         buffers=("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         scalars=("decay", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "neg_step_size",
-                 "bias_correction2_sqrt", "amsgrad", "maximize"))
+                 "bias_correction2_sqrt", "amsgrad", "maximize"),
+        fused=adamw_update_fused)
 def adamw_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, decay, one_minus_beta1, beta2,
                  one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt, amsgrad, maximize):
     """torch.optim.AdamW's single-tensor update, in place, in torch's order of operations.

@@ -29,7 +29,7 @@ Control array layout: two floats per parameter, ``ctl[2i]`` the smoothed numerat
 """
 import numpy as np
 
-from .core import CONTROL, kernel
+from .core import CONTROL, block_sum, fused_helper, kernel
 
 CTL_STRIDE = 2          # floats per parameter in the control array
 CTL_LR_NUM, CTL_ALPHA = 0, 1
@@ -84,9 +84,66 @@ def _front(param, grad, g_sm, g_var, g_mag, *, wd, coupled, decoupled, eta_i, be
     return g, d, v
 
 
+@fused_helper
+def autosgm_front_scalars(s):
+    """The front end's scalars (the first 15 of a row) as a tuple, taken once per block."""
+    return (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13], s[14])
+
+
+@fused_helper
+def autosgm_front_fused(w, g, g_sm, g_var, g_mag, front):
+    """One element of ``_front`` (``front`` from ``autosgm_front_scalars``): takes the element's
+    filter states and returns (g, d, v, g_sm, g_var, g_mag) with the states updated.  Scalars in,
+    scalars out: an array argument would cost reference counting on every element."""
+    (wd, coupled, decoupled, eta_i, beta_i, gamma_i, smooth_scale, aopt, eta_a, beta_a, moment_scale,
+     eps, huber, one_minus_beta_a, huber_scale) = front
+    if huber != 0:
+        mag = np.abs(g)
+        t = g_mag + one_minus_beta_a * mag
+        g_mag = t * beta_a
+        t = (t * huber_scale) * np.float32(HUBER_CAP)
+        g = np.sign(g) * np.minimum(mag, t)
+    wd_w = wd * w
+    if coupled != 0 and wd != 0:
+        g = g + wd_w
+    a = eta_i * g
+    t = g_sm + a
+    v = t * smooth_scale
+    g_sm = t * beta_i
+    if gamma_i != 0:
+        g_sm = g_sm - a * gamma_i
+    d = g                  # unused when the moment is off (the callers test ``aopt``)
+    if aopt != 0:
+        d = g + eps
+        d = (d * d) * eta_a + g_var
+        g_var = d * beta_a
+        d = np.sqrt(d * moment_scale) + eps
+        v = v / d
+    if decoupled != 0 and wd != 0:
+        v = v + wd_w * decoupled
+    return g, d, v, g_sm, g_var, g_mag
+
+
+def autosgm_update_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``autosgm_update``."""
+    param, grad, g_sm, g_var, g_mag = bufs
+    alpha, aopt, huber = s[15], s[7], s[12]
+    front = autosgm_front_scalars(s)
+    for i in range(lo, hi):
+        w = param[i]
+        _, _, v, sm, var, mag = autosgm_front_fused(w, grad[i], g_sm[i], g_var[i], g_mag[i], front)
+        g_sm[i] = sm
+        if aopt != 0:          # buffers of switched-off parts may be placeholders: never written
+            g_var[i] = var
+        if huber != 0:
+            g_mag[i] = mag
+        param[i] = w + v * alpha
+
+
 @kernel("autosgm_update",
         buffers=("param", "grad", "g_sm", "g_var", "g_mag"),
-        scalars=_FRONT + ("alpha",))
+        scalars=_FRONT + ("alpha",),
+        fused=autosgm_update_fused)
 def autosgm_update(param, grad, g_sm, g_var, g_mag, *, alpha, **front):
     """One-pass step with a host-side step size: the front end, then ``p += alpha*v``
     (``alpha = -lr0*W``, positive when maximizing)."""
@@ -95,10 +152,52 @@ def autosgm_update(param, grad, g_sm, g_var, g_mag, *, alpha, **front):
     param += v
 
 
+def autosgm_stats_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``autosgm_stats``."""
+    param, grad, g_sm, g_var, g_mag, wsq, pcor, pcx, upd = bufs
+    num_lrc, lr0, beta_n, one_minus_beta_n = s[15:]
+    aopt, beta_a, huber, one_minus_beta_a = s[7], s[9], s[12], s[13]
+    mode = int(num_lrc)
+    one = np.ones(1, param.dtype)[0]      # a literal 1 would promote float32 to float64
+    front = autosgm_front_scalars(s)
+    for i in range(lo, hi):
+        w = param[i]
+        g, d, v, sm, var, mag = autosgm_front_fused(w, grad[i], g_sm[i], g_var[i], g_mag[i], front)
+        g_sm[i] = sm
+        if aopt != 0:
+            g_var[i] = var
+        if huber != 0:
+            g_mag[i] = mag
+        upd[i] = v
+        if mode == 1 or mode == 2:
+            c = wsq[i] + one_minus_beta_n * (w * w)
+            wsq[i] = beta_n * c
+            c1 = c + one
+            if mode == 1:
+                r = pcor[i] + (lr0 * w) * v
+            else:
+                x = w * v
+                mag = np.abs(x)
+                mu = pcx[i] + one_minus_beta_a * mag
+                pcx[i] = beta_a * mu
+                x = np.sign(x) * np.minimum(mag, np.float32(HUBER_CAP) * mu)
+                r = pcor[i] + (lr0 * x) / c1
+            pcor[i] = beta_n * r
+            e = np.minimum(np.abs(r), lr0 * c1)
+        elif mode == 3:
+            u = g / d if aopt != 0 else g
+            r = pcor[i] + one_minus_beta_n * (lr0 * (u * u))
+            pcor[i] = beta_n * r
+            e = np.minimum(r, lr0)
+        else:
+            continue
+        lanes[0, i % 8] += np.float64(e)
+
+
 @kernel("autosgm_stats",
         buffers=("param", "grad", "g_sm", "g_var", "g_mag", "wsq", "pcor", "pcx", "upd"),
         scalars=_FRONT + ("num_lrc", "lr0", "beta_n", "one_minus_beta_n"),
-        sums=("numerator",))
+        sums=("numerator",), fused=autosgm_stats_fused)
 def autosgm_stats(param, grad, g_sm, g_var, g_mag, wsq, pcor, pcx, upd, *, num_lrc, lr0, beta_n, one_minus_beta_n,
                   **front):
     """The front end, ``upd = v``, and the numerator estimator (w: the weights before the step):
@@ -140,7 +239,7 @@ def autosgm_stats(param, grad, g_sm, g_var, g_mag, wsq, pcor, pcx, upd, *, num_l
         r = pcor + one_minus_beta_n * (lr0 * (u * u))
         pcor[...] = beta_n * r
         e = np.minimum(r, lr0)
-    return (float(np.sum(e, dtype=np.float64)),)
+    return (block_sum(e),)
 
 
 @kernel("autosgm_control", kind=CONTROL,
@@ -166,7 +265,15 @@ def autosgm_control(ctl, sums, table):
         rec[est, CTL_ALPHA] = table[est, 4] * (y * table[est, 1])
 
 
-@kernel("autosgm_apply", buffers=("param", "upd"), scalars=("alpha_index",), ctl=True)
+def autosgm_apply_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``autosgm_apply``."""
+    param, upd = bufs
+    alpha = ctl[int(s[0])]
+    for i in range(lo, hi):
+        param[i] = param[i] + alpha * upd[i]
+
+
+@kernel("autosgm_apply", buffers=("param", "upd"), scalars=("alpha_index",), ctl=True, fused=autosgm_apply_fused)
 def autosgm_apply(param, upd, *, alpha_index, ctl, segment):
     """``p += ctl[alpha_index] * upd``."""
     param += ctl[int(alpha_index)] * upd

@@ -3,8 +3,8 @@
 A declaration names the kernel's arena buffers (binding order), its per-segment scalars (the field
 order of the ``Scalars`` struct in the GLSL), the sums it produces per segment, and whether it reads
 the optimizer's small control buffer.  Both backends read the same declaration: the NumPy backend
-calls the twin, the Vulkan backend derives bindings and the scalar-table layout from it and runs
-``shaders/<name with dashes>.glsl``.  ``tests/test_kernel_table.py`` checks every GLSL file against
+calls the twin, the numba backend compiles the fused body, the Vulkan backend derives bindings and
+the scalar-table layout from it and runs ``shaders/<name with dashes>.glsl``.  ``tests/test_kernel_table.py`` checks every GLSL file against
 its declaration, so the two can never disagree silently.
 
 Kinds of kernel
@@ -17,6 +17,25 @@ Kinds of kernel
                  stay on the device to keep one submit per step).  Twin:
                  ``fn(ctl, sums, table)`` with ``sums`` the per-segment sums of the previous
                  sum-producing kernel and ``table`` this kernel's scalar table, updating ``ctl``.
+
+Fused bodies (``fused=``, elementwise kernels)
+----------------------------------------------
+``body(lo, hi, bufs, s, ctl, lanes)`` updates elements ``lo:hi`` of the flat (C-order) buffers
+``bufs`` (a tuple in declaration order) with ``s`` the segment's row of the scalar table,
+in the twin's order of operations, so both give the same bits.  Numba compiles it
+(``hyperopt.backends.numba_backend``), so it is written in the numba subset: plain loops, explicit
+types for literals (``x + 1`` would promote float32 to float64), helpers marked ``@fused_helper``
+that take and return scalars (an array argument costs reference counting on every call).
+Sum ``k`` of the block adds its per-element term to ``lanes[k, i % LANES]``; the backend then
+totals the lanes with ``lanes_total``, which is what ``block_sum`` does for the twins.
+
+Per-segment sums
+----------------
+A segment's sum is the float64 sum, in block order from 0.0, of per-block partials; blocks are
+``CHUNK`` elements counted from the segment's start.  A block's partial is ``block_sum`` of its
+per-element float64 terms: lane ``j`` adds terms ``j, j+8, j+16, ...`` in order from 0.0, then the
+eight lanes are added as a fixed tree.  Nothing depends on threads, so every backend that follows
+it (NumPy twins, fused bodies, the distributed layer) gets the same bits.
 """
 from __future__ import annotations
 
@@ -41,6 +60,7 @@ class Kernel:
     sums: tuple[str, ...] = ()
     ctl: bool = False
     numpy: Callable = field(default=None, repr=False, compare=False)
+    fused: Callable | None = field(default=None, repr=False, compare=False)
 
     @property
     def shader(self) -> str:
@@ -59,19 +79,54 @@ def dispatch(kernel: Kernel, names) -> tuple[Kernel, tuple[str, ...]]:
     return kernel, names
 
 
-def kernel(name: str, *, kind: str = ELEMENTWISE, buffers=(), scalars=(), sums=(), ctl=False):
-    """Declare a kernel and register its NumPy twin (used as a decorator)."""
+def kernel(name: str, *, kind: str = ELEMENTWISE, buffers=(), scalars=(), sums=(), ctl=False, fused=None):
+    """Declare a kernel and register its NumPy twin (used as a decorator) and its fused body."""
     if kind not in (ELEMENTWISE, CONTROL):
         raise ValueError(f"unknown kernel kind {kind!r}")
 
     def register(fn: Callable) -> Kernel:
         if name in KERNELS:
             raise ValueError(f"kernel {name!r} declared twice")
-        k = Kernel(name, kind, tuple(buffers), tuple(scalars), tuple(sums), bool(ctl), fn)
+        k = Kernel(name, kind, tuple(buffers), tuple(scalars), tuple(sums), bool(ctl), fn, fused)
         KERNELS[name] = k
         return k
 
     return register
+
+
+# ------------------------------------------------------------------ per-segment sums
+CHUNK = 1 << 17      # elements per block of a segment (the unit of the per-segment sums)
+LANES = 8            # float64 accumulators per block sum
+
+#: helpers that fused bodies call; the numba backend compiles them along with the bodies
+FUSED_HELPERS: dict[str, Callable] = {}
+
+
+def fused_helper(fn: Callable) -> Callable:
+    """Mark a plain function as callable from fused bodies (it stays an ordinary Python function)."""
+    FUSED_HELPERS[fn.__name__] = fn
+    return fn
+
+
+@fused_helper
+def lanes_total(lanes):
+    """The fixed tree that adds a block's eight lane sums."""
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+
+
+def block_sum(terms) -> float:
+    """A block's partial: its float64 terms added lane by lane (see "Per-segment sums"), exactly as
+    the fused bodies add them.  ``np.add.reduce`` over axis 0 adds each column in row order."""
+    t = np.asarray(terms).reshape(-1).astype(np.float64, copy=False)
+    whole = t.size - t.size % LANES
+    lanes = np.add.reduce(t[:whole].reshape(-1, LANES), axis=0, initial=0.0)
+    lanes[: t.size - whole] += t[whole:]
+    return float(lanes_total(lanes))
+
+
+def dot_sum(a, b) -> float:
+    """``block_sum`` of the float64 products ``a[i] * b[i]``."""
+    return block_sum(np.multiply(a.reshape(-1), b.reshape(-1), dtype=np.float64))
 
 
 _scratch: dict[tuple, np.ndarray] = {}

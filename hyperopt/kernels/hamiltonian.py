@@ -19,9 +19,25 @@ def euler_costate(costate, grad, keep, costate_step):
     costate += costate_step * grad
 
 
+def hamiltonian_euler_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``hamiltonian_euler``."""
+    param, grad, costate = bufs
+    keep, costate_step, neg_weight_step, costate_first = s
+    for i in range(lo, hi):
+        if costate_first != 0:
+            c = costate[i] * keep + costate_step * grad[i]
+            param[i] = param[i] + neg_weight_step * c
+        else:
+            c = costate[i]
+            param[i] = param[i] + neg_weight_step * c
+            c = c * keep + costate_step * grad[i]
+        costate[i] = c
+
+
 @kernel("hamiltonian_euler",
         buffers=("param", "grad", "costate"),
-        scalars=("keep", "costate_step", "neg_weight_step", "costate_first"))
+        scalars=("keep", "costate_step", "neg_weight_step", "costate_first"),
+        fused=hamiltonian_euler_fused)
 def hamiltonian_euler(param, grad, costate, *, keep, costate_step, neg_weight_step, costate_first):
     """One Euler step of a weight and its costate, in the order ``costate_first`` selects."""
     if costate_first:

@@ -3,18 +3,37 @@ shaders/hypergradient-direction.glsl.
 
 A step runs ``hypergradient_reduce`` alone (its sums decide the learning rate and beta1 on the
 host), then ``adamw_update`` followed by ``hypergradient_direction``, which stores the Adam
-direction for the next step and sums its squared norm.  Sums of a chunk are float32, like the
-device's per-workgroup partials; the backend adds chunks and segments in float64.
+direction for the next step and sums its squared norm.  Sums follow the per-segment sums contract
+(``core``): float64 products, added lane by lane per block; the fused bodies add the same terms.
 """
 import numpy as np
 
-from .core import kernel
+from .core import dot_sum, kernel
+
+
+def hypergradient_reduce_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``hypergradient_reduce``."""
+    grad, direction, exp_avg, grad_ema = bufs
+    with_momentum, with_surprise, ema_decay, ema_rate = s
+    for i in range(lo, hi):
+        g = grad[i]
+        g64 = np.float64(g)
+        j = i % 8
+        lanes[0, j] += g64 * np.float64(direction[i])
+        if with_momentum != 0:
+            lanes[1, j] += g64 * np.float64(exp_avg[i])
+        if with_surprise != 0:
+            err = np.float64(g - grad_ema[i])
+            lanes[2, j] += g64 * g64
+            lanes[3, j] += err * err
+            grad_ema[i] = grad_ema[i] * ema_decay + ema_rate * g
 
 
 @kernel("hypergradient_reduce",
         buffers=("grad", "direction", "exp_avg", "grad_ema"),
         scalars=("with_momentum", "with_surprise", "ema_decay", "ema_rate"),
-        sums=("grad_dot_direction", "grad_dot_exp_avg", "grad_sq", "surprise_error_sq"))
+        sums=("grad_dot_direction", "grad_dot_exp_avg", "grad_sq", "surprise_error_sq"),
+        fused=hypergradient_reduce_fused)
 def hypergradient_reduce(grad, direction, exp_avg, grad_ema, *, with_momentum, with_surprise,
                          ema_decay, ema_rate):
     """The dot products behind the hypergradients, and the surprise signal's error.
@@ -25,21 +44,34 @@ def hypergradient_reduce(grad, direction, exp_avg, grad_ema, *, with_momentum, w
     (``ema_decay=0, ema_rate=1`` starts the average at g).  Sums that are off are 0, and buffers
     that are off are neither read nor written, so the caller may bind a placeholder for them.
     """
-    gd = float(np.vdot(grad, direction))
-    gm = float(np.vdot(grad, exp_avg)) if with_momentum else 0.0
+    gd = dot_sum(grad, direction)
+    gm = dot_sum(grad, exp_avg) if with_momentum else 0.0
     if not with_surprise:
         return gd, gm, 0.0, 0.0
     err = grad - grad_ema
-    sums = gd, gm, float(np.vdot(grad, grad)), float(np.vdot(err, err))
+    sums = gd, gm, dot_sum(grad, grad), dot_sum(err, err)
     grad_ema *= ema_decay
     grad_ema += ema_rate * grad
     return sums
 
 
+def hypergradient_direction_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``hypergradient_direction``."""
+    exp_avg, exp_avg_sq, max_exp_avg_sq, direction = bufs
+    bias_correction1, bias_correction2, eps, amsgrad = s
+    for i in range(lo, hi):
+        second = max_exp_avg_sq[i] if amsgrad != 0 else exp_avg_sq[i]
+        d = (exp_avg[i] / bias_correction1) / (np.sqrt(second / bias_correction2) + eps)
+        direction[i] = d
+        d64 = np.float64(d)
+        lanes[0, i % 8] += d64 * d64
+
+
 @kernel("hypergradient_direction",
         buffers=("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "direction"),
         scalars=("bias_correction1", "bias_correction2", "eps", "amsgrad"),
-        sums=("direction_sq",))
+        sums=("direction_sq",),
+        fused=hypergradient_direction_fused)
 def hypergradient_direction(exp_avg, exp_avg_sq, max_exp_avg_sq, direction, *, bias_correction1,
                             bias_correction2, eps, amsgrad):
     """The Adam direction without weight decay, ``d = m_hat / (sqrt(v_hat) + eps)``, and ``|d|^2``.
@@ -54,4 +86,4 @@ def hypergradient_direction(exp_avg, exp_avg_sq, max_exp_avg_sq, direction, *, b
     denom += eps
     np.divide(exp_avg, bias_correction1, out=direction)
     direction /= denom
-    return (float(np.vdot(direction, direction)),)
+    return (dot_sum(direction, direction),)

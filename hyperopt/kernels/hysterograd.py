@@ -15,7 +15,7 @@ The scalar logic runs in float32, as upstream keeps tau, T and E in float32 tens
 """
 import numpy as np
 
-from .core import CONTROL, kernel
+from .core import CONTROL, dot_sum, fused_helper, kernel
 
 # Control array: one record of CTL_STRIDE float32 per parameter group (the GLSL #defines the same).
 CTL_TAU, CTL_TEMP, CTL_ENERGY, CTL_NORM, CTL_BARRIER, CTL_LIQUID, CTL_CLIP, CTL_STARTED = range(8)
@@ -41,10 +41,33 @@ def precondition(grad, metric, eps, metric_power):
     return grad / denom
 
 
+@fused_helper
+def metric_root_fused(metric, power):
+    """One element of ``metric_root``."""
+    if power == 0.5:
+        return np.sqrt(metric)
+    if power == 1.0:
+        return metric
+    return np.power(metric, power)
+
+
+def natural_gradient_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``natural_gradient``."""
+    grad, metric = bufs
+    beta, metric_gain, eps, metric_power = s
+    for i in range(lo, hi):
+        g = grad[i]
+        m = metric[i] * beta + (metric_gain * g) * g
+        metric[i] = m
+        c = np.float64(g / (metric_root_fused(m, metric_power) + eps))
+        lanes[0, i % 8] += c * c
+
+
 @kernel("natural_gradient",
         buffers=("grad", "metric"),
         scalars=("beta", "metric_gain", "eps", "metric_power"),
-        sums=("sq_norm",))
+        sums=("sq_norm",),
+        fused=natural_gradient_fused)
 def natural_gradient(grad, metric, *, beta, metric_gain, eps, metric_power):
     """``G <- beta*G + ((1-beta)*metric_scale)*g*g`` (``metric_gain`` derived on the host in double);
     returns ``sum(c**2)`` with ``c = g / (G**metric_power + eps)``."""
@@ -53,8 +76,7 @@ def natural_gradient(grad, metric, *, beta, metric_gain, eps, metric_power):
     metric *= beta
     metric += t
     c = precondition(grad, metric, eps, metric_power)
-    np.square(c, out=c)
-    return (float(c.sum(dtype=np.float64)),)
+    return (dot_sum(c, c),)
 
 
 @kernel("hysteresis_control", kind=CONTROL,
@@ -91,10 +113,23 @@ def hysteresis_control(ctl, sums, table):
         r[CTL_LIQUID] = 1.0 if n_eff > threshold else 0.0
 
 
+def hysteresis_gate_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``hysteresis_gate``."""
+    param, grad, metric = bufs
+    lr, eps, metric_power, ctl_base = s
+    base = int(ctl_base)
+    if ctl[base + CTL_LIQUID] == 0:
+        return
+    step = lr * ctl[base + CTL_CLIP]
+    for i in range(lo, hi):
+        c = grad[i] / (metric_root_fused(metric[i], metric_power) + eps)
+        param[i] = param[i] - c * step
+
+
 @kernel("hysteresis_gate",
         buffers=("param", "grad", "metric"),
         scalars=("lr", "eps", "metric_power", "ctl_base"),
-        ctl=True)
+        ctl=True, fused=hysteresis_gate_fused)
 def hysteresis_gate(param, grad, metric, *, lr, eps, metric_power, ctl_base, ctl, segment):
     """``p <- p - (lr*k)*c`` if the parameter's group (record at ``ctl_base``) is Liquid, else nothing."""
     base = int(ctl_base)

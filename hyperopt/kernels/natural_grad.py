@@ -24,7 +24,7 @@ for (mean 0, variance ``scale**2``); the NumPy twin reproduces them exactly.
 """
 import numpy as np
 
-from .core import kernel
+from .core import block_sum, fused_helper, kernel
 
 WIDTH = 4                          # columns of P per dispatch
 _M1, _M2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
@@ -40,6 +40,23 @@ def hash32(x):
         x = x * _M2
         x = x ^ (x >> np.uint32(16))
     return x
+
+
+@fused_helper
+def hash32_fused(x):
+    """``hash32`` of one value held in a uint64 (products masked back to 32 bits)."""
+    mask = np.uint64(0xFFFFFFFF)
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & mask
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & mask
+    return x ^ (x >> np.uint64(16))
+
+
+@fused_helper
+def hash_sign_fused(h, bit):
+    """The float32 sign (bit 0 -> +1, bit 1 -> -1) of bit ``bit`` of the hash ``h``."""
+    return np.float32(1.0) - np.float32(2.0) * np.float32((h >> np.uint64(bit)) & np.uint64(1))
 
 
 def hash32_int(x: int) -> int:
@@ -71,32 +88,81 @@ def hash_signs(key, stream, bit0, n_cols):
 
 
 def _dots64(cols, grad, n, scale):
-    """``scale * <col_j, grad>`` in float64 for the first ``n`` columns, 0.0 for the rest of WIDTH."""
+    """``sum(col_j * grad * scale)`` (float64 terms, ``block_sum``) for the first ``n`` columns, 0.0
+    for the rest of WIDTH."""
     g = grad.reshape(-1).astype(np.float64)
-    return tuple(float(scale) * float(np.dot(cols[j].reshape(-1).astype(np.float64), g)) if j < n else 0.0
+    g *= np.float64(scale)
+    return tuple(block_sum(np.multiply(cols[j].reshape(-1), g, dtype=np.float64)) if j < n else 0.0
                  for j in range(WIDTH))
+
+
+def natural_grad_store_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``natural_grad_store``."""
+    grad, proj = bufs
+    scale = s[0]
+    for i in range(lo, hi):
+        proj[i] = grad[i] * scale
 
 
 @kernel("natural_grad_store",
         buffers=("grad", "proj"),
-        scalars=("scale",))
+        scalars=("scale",), fused=natural_grad_store_fused)
 def natural_grad_store(grad, proj, *, scale):
     """``proj <- scale * grad``: a column of P sent through the gradient upload (see the optimizer)."""
     np.multiply(grad, scale, out=proj, casting="unsafe")
 
 
+def natural_grad_project_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``natural_grad_project``."""
+    grad, proj0, proj1, proj2, proj3 = bufs
+    n = int(s[1])
+    scale = np.float64(s[0])
+    for i in range(lo, hi):
+        g = np.float64(grad[i]) * scale
+        j = i % 8
+        if n > 0:
+            lanes[0, j] += np.float64(proj0[i]) * g
+        if n > 1:
+            lanes[1, j] += np.float64(proj1[i]) * g
+        if n > 2:
+            lanes[2, j] += np.float64(proj2[i]) * g
+        if n > 3:
+            lanes[3, j] += np.float64(proj3[i]) * g
+
+
 @kernel("natural_grad_project",
         buffers=("grad", "proj0", "proj1", "proj2", "proj3"),
         scalars=("scale", "n_cols"),
-        sums=("s0", "s1", "s2", "s3"))
+        sums=("s0", "s1", "s2", "s3"), fused=natural_grad_project_fused)
 def natural_grad_project(grad, proj0, proj1, proj2, proj3, *, scale, n_cols):
     """``scale * sum(proj_j * grad)`` for the first ``n_cols`` columns (0.0 for the others)."""
     return _dots64((proj0, proj1, proj2, proj3), grad, n_cols, scale)
 
 
+def natural_grad_expand_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``natural_grad_expand``."""
+    param, proj0, proj1, proj2, proj3 = bufs
+    c0, c1, c2, c3, n_cols, clip, apply_clip = s
+    n = int(n_cols)
+    for i in range(lo, hi):
+        x = param[i]
+        if n > 0:
+            x = x + c0 * proj0[i]
+        if n > 1:
+            x = x + c1 * proj1[i]
+        if n > 2:
+            x = x + c2 * proj2[i]
+        if n > 3:
+            x = x + c3 * proj3[i]
+        if apply_clip != 0:
+            x = np.minimum(np.maximum(x, -clip), clip)
+        param[i] = x
+
+
 @kernel("natural_grad_expand",
         buffers=("param", "proj0", "proj1", "proj2", "proj3"),
-        scalars=("c0", "c1", "c2", "c3", "n_cols", "clip", "apply_clip"))
+        scalars=("c0", "c1", "c2", "c3", "n_cols", "clip", "apply_clip"),
+        fused=natural_grad_expand_fused)
 def natural_grad_expand(param, proj0, proj1, proj2, proj3, *, c0, c1, c2, c3, n_cols, clip, apply_clip):
     """``param += c_j * proj_j`` over the first ``n_cols`` columns, in column order; then, when
     ``apply_clip``, the box ``param <- clip(param, -clip, clip)`` (upstream clips values, not steps)."""
@@ -107,19 +173,52 @@ def natural_grad_expand(param, proj0, proj1, proj2, proj3, *, c0, c1, c2, c3, n_
         np.clip(param, -clip, clip, out=param)
 
 
+def natural_grad_hash_project_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``natural_grad_hash_project``."""
+    grad, key = bufs
+    stream, bit0, n_cols, scale = s
+    n, b0, sc = int(n_cols), int(bit0), np.float64(scale)
+    salt = hash32_fused(np.uint64(int(stream)))
+    bits = key[lo:hi].astype(np.float32).view(np.uint32)
+    for i in range(lo, hi):
+        h = hash32_fused(np.uint64(bits[i - lo]) ^ salt)
+        g = np.float64(grad[i]) * sc
+        for j in range(n):
+            lanes[j, i % 8] += np.float64(hash_sign_fused(h, b0 + j)) * g
+
+
 @kernel("natural_grad_hash_project",
         buffers=("grad", "key"),
         scalars=("stream", "bit0", "n_cols", "scale"),
-        sums=("s0", "s1", "s2", "s3"))
+        sums=("s0", "s1", "s2", "s3"), fused=natural_grad_hash_project_fused)
 def natural_grad_hash_project(grad, key, *, stream, bit0, n_cols, scale):
     """As ``natural_grad_project`` with the columns generated from ``key`` (see the module notes)."""
     n = int(n_cols)
     return _dots64(hash_signs(key, stream, bit0, n), grad, n, scale)
 
 
+def natural_grad_hash_expand_fused(lo, hi, bufs, s, ctl, lanes):
+    """Fused body of ``natural_grad_hash_expand``."""
+    param, key = bufs
+    stream, bit0, n_cols, c0, c1, c2, c3, clip, apply_clip = s
+    n, b0 = int(n_cols), int(bit0)
+    cs = (c0, c1, c2, c3)
+    salt = hash32_fused(np.uint64(int(stream)))
+    bits = key[lo:hi].astype(np.float32).view(np.uint32)
+    for i in range(lo, hi):
+        h = hash32_fused(np.uint64(bits[i - lo]) ^ salt)
+        x = param[i]
+        for j in range(n):
+            x = x + cs[j] * hash_sign_fused(h, b0 + j)
+        if apply_clip != 0:
+            x = np.minimum(np.maximum(x, -clip), clip)
+        param[i] = x
+
+
 @kernel("natural_grad_hash_expand",
         buffers=("param", "key"),
-        scalars=("stream", "bit0", "n_cols", "c0", "c1", "c2", "c3", "clip", "apply_clip"))
+        scalars=("stream", "bit0", "n_cols", "c0", "c1", "c2", "c3", "clip", "apply_clip"),
+        fused=natural_grad_hash_expand_fused)
 def natural_grad_hash_expand(param, key, *, stream, bit0, n_cols, c0, c1, c2, c3, clip, apply_clip):
     """As ``natural_grad_expand`` with the columns generated from ``key``; ``c_j`` include the scale."""
     n = int(n_cols)

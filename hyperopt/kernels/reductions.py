@@ -6,15 +6,27 @@ each parameter in a fixed order, so a reduction gives the same bits every run.
 """
 import numpy as np
 
-from .core import kernel
+from .core import dot_sum, kernel
 
 
-@kernel("reduce_dot", buffers=("a", "b"), sums=("dot",))
+def reduce_dot_fused(lo, hi, bufs, s, ctl, lanes):
+    a, b = bufs
+    for i in range(lo, hi):
+        lanes[0, i % 8] += np.float64(a[i]) * np.float64(b[i])
+
+
+@kernel("reduce_dot", buffers=("a", "b"), sums=("dot",), fused=reduce_dot_fused)
 def reduce_dot(a, b):
-    return (float(np.dot(a.reshape(-1).astype(np.float64), b.reshape(-1))),)
+    return (dot_sum(a, b),)
 
 
-@kernel("reduce_sumsq", buffers=("a",), sums=("sumsq",))
+def reduce_sumsq_fused(lo, hi, bufs, s, ctl, lanes):
+    (a,) = bufs
+    for i in range(lo, hi):
+        x = np.float64(a[i])
+        lanes[0, i % 8] += x * x
+
+
+@kernel("reduce_sumsq", buffers=("a",), sums=("sumsq",), fused=reduce_sumsq_fused)
 def reduce_sumsq(a):
-    a = a.reshape(-1).astype(np.float64)
-    return (float(np.dot(a, a)),)
+    return (dot_sum(a, a),)

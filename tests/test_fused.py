@@ -1,0 +1,339 @@
+"""The fused CPU backend (numba): the same bits as the NumPy twins, kernel by kernel and optimizer by
+optimizer; sums independent of the thread count; selection; import cost; threads and fork."""
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from hyperopt.backends import launch_counts  # noqa: E402
+from hyperopt.backends.numba_backend import NumbaBackend  # noqa: E402
+from hyperopt.backends.numpy_backend import NumpyBackend  # noqa: E402
+from hyperopt.kernels import ELEMENTWISE, KERNELS  # noqa: E402
+from hyperopt.kernels.core import CHUNK, block_sum, lanes_total  # noqa: E402
+from hyperopt.kernels.natural_grad import element_keys  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = [1, 255, 257, 2 ** 20 + 3]
+DTYPES = [np.float32, np.float64]
+ELEMENTWISE_KERNELS = sorted(k for k, v in KERNELS.items() if v.kind == ELEMENTWISE)
+
+
+def bits(a):
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def assert_same_bits(a, b, what=""):
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    same = bits(a) == bits(b)
+    assert same.all(), f"{what}: {np.count_nonzero(~same)} of {a.size} elements differ, e.g. " \
+                       f"{a.reshape(-1)[~same.reshape(-1)][:3]} vs {b.reshape(-1)[~same.reshape(-1)][:3]}"
+
+
+# ---------------------------------------------------------------------------------------- sums
+def test_block_sum_adds_lanes_in_order():
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 8, 9, 1000, 4099):
+        t = rng.standard_normal(n) * 10.0 ** rng.integers(-8, 8, n)     # order-sensitive magnitudes
+        lanes = [0.0] * 8
+        for i, x in enumerate(t):
+            lanes[i % 8] += float(x)
+        assert block_sum(t) == lanes_total(lanes)
+
+
+def test_every_elementwise_kernel_has_a_fused_body():
+    missing = [name for name in ELEMENTWISE_KERNELS if KERNELS[name].fused is None]
+    assert not missing
+
+
+# ---------------------------------------------------------------------------------------- kernels
+def _scalars(name, rng):
+    """A table row for ``name`` with sensible values (flags and modes drawn)."""
+    k = KERNELS[name]
+    u = lambda: float(rng.uniform(0.05, 0.95))   # noqa: E731
+    flag = lambda: float(rng.integers(0, 2))      # noqa: E731
+    special = {
+        "amsgrad": flag, "maximize": flag, "with_momentum": flag, "with_surprise": flag,
+        "coupled": flag, "decoupled": u, "aopt": flag, "huber": flag, "apply_clip": flag,
+        "costate_first": flag, "neg_step_size": lambda: -u(), "neg_weight_step": lambda: -u(),
+        "metric_power": lambda: float(rng.choice([0.5, 1.0, 0.75])), "ctl_base": lambda: 0.0,
+        "alpha_index": lambda: 1.0, "n_cols": lambda: float(rng.integers(1, 5)),
+        "num_lrc": lambda: float(rng.integers(0, 5)), "bit0": lambda: float(rng.integers(0, 29)),
+        "stream": lambda: float(rng.integers(0, 1 << 24)), "clip": lambda: 0.5,
+        "wd": lambda: float(rng.choice([0.0, 0.01])), "gamma_i": lambda: float(rng.choice([0.0, 0.1])),
+        "c0": lambda: -u(), "c1": lambda: u(), "c2": lambda: -u(), "c3": lambda: u(),
+    }
+    return [special.get(s, u)() for s in k.scalars]
+
+
+def _buffers(name, n, dtype, rng):
+    out = {}
+    for b in KERNELS[name].buffers:
+        if b in ("param", "grad", "exp_avg", "direction", "a", "b", "upd", "g_sm", "pcor", "grad_ema",
+                 "costate") or b.startswith("proj"):
+            out[b] = rng.standard_normal(n).astype(dtype)
+        elif b == "key":
+            out[b] = element_keys(n).astype(dtype)
+        else:                               # second moments, metrics: non-negative
+            out[b] = rng.uniform(0.0, 1.0, n).astype(dtype)
+    return out
+
+
+def _run_kernel(backend, name, bufs, row, ctl):
+    k = KERNELS[name]
+    params = [bufs["param"].copy()] if "param" in bufs else [np.zeros_like(next(iter(bufs.values())))]
+    state = [b for b in k.buffers if b not in ("param", "grad")]
+    backend.bind(params, state)
+    for s in state:
+        backend.write(s, 0, bufs[s])
+    backend.ctl_array(ctl.size)[...] = ctl
+    program = backend.program([(k, k.buffers)])
+    program.tables[0][0] = row
+    grad = bufs.get("grad", params[0]).copy()
+    sums = backend.run(program, {0: grad})
+    return {s: backend.read(s, 0) for s in state} | {"param": params[0]}, sums
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ELEMENTWISE_KERNELS)
+def test_kernel_bits_match_numpy_twin(name, dtype):
+    rng = np.random.default_rng(abs(hash(name)) % 1000)
+    ctl = np.array([0.0, -0.01, 0, 0, 0, 1.0, 0.7, 0], np.float32)      # liquid, clip 0.7; alpha at 1
+    for n in SIZES:
+        for trial in range(3 if n < CHUNK else 1):
+            bufs = _buffers(name, n, dtype, rng)
+            row = _scalars(name, rng)
+            ref, ref_sums = _run_kernel(NumpyBackend(), name, bufs, row, ctl)
+            got, sums = _run_kernel(NumbaBackend(), name, bufs, row, ctl)
+            for b in ref:
+                assert_same_bits(got[b], ref[b], f"{name} n={n} {b} row={row}")
+            for r, s in zip(ref_sums, sums):
+                assert_same_bits(s, r, f"{name} n={n} sums row={row}")
+
+
+# ---------------------------------------------------------------------------------------- optimizers
+def _cases():
+    from benchmarks.run import cases
+    from hyperopt import AdamW, AutoSGM, HIOptimizer
+    out = dict(cases())
+    out["AdamW(amsgrad, maximize)"] = lambda p, use_gpu, device: AdamW(p, lr=1e-2, amsgrad=True, maximize=True,
+                                                                        use_gpu=use_gpu, device=device)
+    out["AutoSGM(num_lrc=1, huber)"] = lambda p, use_gpu, device: AutoSGM(
+        p, lr_cfg=(True, 1e-3, 1), beta_cfg=(0.9999, 0.999, 0.9, 0.0, 0, True), eps_cfg=(1e-8,),
+        wd_cfg=(1e-2, 0), use_gpu=use_gpu, device=device)
+    out["AutoSGM(num_lrc=3)"] = lambda p, use_gpu, device: AutoSGM(
+        p, lr_cfg=(True, 1e-3, 3), beta_cfg=(0.9999, 0.999, 0.9, 0.0, 0, True), use_gpu=use_gpu, device=device)
+    out["HIOptimizer(power 0.75, clip)"] = lambda p, use_gpu, device: HIOptimizer(
+        p, lr=0.01, metric_power=0.75, grad_clip=1.0, use_gpu=use_gpu, device=device)
+    return out
+
+
+CASES = _cases()
+
+
+def _trajectory(kernels, make, shapes, dtype, steps, monkeypatch):
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", kernels)
+    rng = np.random.default_rng(7)
+    params = [(0.5 * rng.standard_normal(s)).astype(dtype) for s in shapes]
+    opt = make(params, False, None)
+    assert opt.backend == kernels
+    for _ in range(steps):
+        opt.step(gradients=[(0.1 * rng.standard_normal(s)).astype(dtype) for s in shapes])
+    return params, [opt.state_of(i) for i in range(len(params))]
+
+
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_optimizer_bits_match_numpy_twins(case, dtype, monkeypatch):
+    make = CASES[case]
+    for shapes, steps in (([(1,), (255,), (257,), (3, 5)], 25), ([(2 ** 20 + 3,), (17,)], 4)):
+        ref, ref_state = _trajectory("numpy", make, shapes, dtype, steps, monkeypatch)
+        got, state = _trajectory("numba", make, shapes, dtype, steps, monkeypatch)
+        for i, (a, b) in enumerate(zip(got, ref)):
+            assert_same_bits(a, b, f"{case} param {i} shape {b.shape}")
+        for i, (sa, sb) in enumerate(zip(state, ref_state)):
+            for key, value in sb.items():
+                if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                    assert_same_bits(sa[key], value, f"{case} state {key} of param {i}")
+
+
+def test_transposed_parameter_is_updated_in_place(monkeypatch):
+    from hyperopt import AdamW
+    out = {}
+    for kernels in ("numpy", "numba"):
+        monkeypatch.setenv("HYPEROPT_CPU_KERNELS", kernels)
+        rng = np.random.default_rng(3)
+        base = rng.standard_normal((300, 500)).astype(np.float32)
+        p = base.T                                     # F-ordered view: updates must reach ``base``
+        opt = AdamW([p], lr=0.1, use_gpu=False)
+        for _ in range(3):
+            opt.step(gradients=[rng.standard_normal(p.shape).astype(np.float32)])
+        out[kernels] = base
+    assert_same_bits(out["numba"], out["numpy"], "transposed parameter")
+
+
+# ---------------------------------------------------------------------------------------- threads
+_SUMS_SCRIPT = """
+import sys, numpy as np
+from hyperopt.backends.numba_backend import NumbaBackend
+from hyperopt.kernels import KERNELS
+k = KERNELS["hypergradient_reduce"]
+rng = np.random.default_rng(0)
+n = 5 * 2 ** 17 + 11
+bufs = [rng.standard_normal(n).astype(np.float32) for _ in range(4)]
+be = NumbaBackend()
+be.bind([bufs[0]], ("direction", "exp_avg", "grad_ema"))
+for name, b in zip(("direction", "exp_avg", "grad_ema"), bufs[1:]):
+    be.write(name, 0, b)
+prog = be.program([(k, k.buffers)])
+prog.tables[0][0] = (1, 1, 0.9, 0.1)
+if len(sys.argv) > 1:
+    import numba
+    numba.set_num_threads(int(sys.argv[1]))
+print(be.run(prog, {0: bufs[0]})[0].tobytes().hex())
+"""
+
+
+@pytest.mark.timeout(600)
+def test_sums_do_not_depend_on_thread_count():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    runs = {}
+    for threads in (1, 2, 4):
+        env["NUMBA_NUM_THREADS"] = str(threads)
+        runs[threads] = subprocess.run([sys.executable, "-c", _SUMS_SCRIPT, str(threads)], env=env, check=True,
+                                       capture_output=True, text=True, timeout=300).stdout.strip()
+    assert runs[1] == runs[2] == runs[4] and runs[1]
+
+
+def _adamw_run(n, steps=5, seed=0):
+    from hyperopt import AdamW
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(n).astype(np.float32)
+    opt = AdamW([p], lr=1e-2, use_gpu=False)
+    assert opt.backend == "numba"
+    for _ in range(steps):
+        opt.step(gradients=[rng.standard_normal(n).astype(np.float32)])
+    return p
+
+
+@pytest.mark.timeout(300)
+def test_optimizers_in_four_threads(monkeypatch):
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "numba")
+    n = 3 * CHUNK + 5                       # parallel kernels, which must take turns
+    expected = [_adamw_run(n, seed=s) for s in range(4)]
+    results, errors = [None] * 4, []
+
+    def work(s):
+        try:
+            results[s] = _adamw_run(n, seed=s)
+        except Exception as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not errors and not any(t.is_alive() for t in threads)
+    for got, want in zip(results, expected):
+        assert_same_bits(got, want, "threaded AdamW")
+
+
+def _child(queue):
+    queue.put(bits(_adamw_run(3 * CHUNK + 5)).tobytes())
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_fork_child_after_parallel_use(monkeypatch):
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "numba")
+    want = bits(_adamw_run(3 * CHUNK + 5)).tobytes()          # the parent has run parallel kernels
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(queue,))
+    child.start()
+    got = queue.get(timeout=240)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and got == want
+
+
+# ---------------------------------------------------------------------------------------- selection
+def _python(code, timeout=240, **env):
+    full = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    for k, v in env.items():
+        if v is None:
+            full.pop(k)
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.timeout(120)
+def test_import_does_not_load_numba():
+    r = _python("import sys, hyperopt; print('numba' in sys.modules)")
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_numpy_kernels_selected_by_env_never_load_numba():
+    r = _python("import sys, numpy as np, hyperopt\n"
+                "p = np.ones(10, np.float32); o = hyperopt.AdamW([p], use_gpu=False)\n"
+                "o.step(gradients=[p]); print(o.backend, 'numba' in sys.modules)", HYPEROPT_CPU_KERNELS="numpy")
+    assert r.returncode == 0 and r.stdout.split() == ["numpy", "False"], r.stderr
+
+
+_BLOCK_NUMBA = "import sys; sys.modules['numba'] = None\n"     # as if numba were not installed
+
+
+@pytest.mark.timeout(120)
+def test_without_numba_the_default_is_numpy_silently():
+    r = _python(_BLOCK_NUMBA + "import warnings, numpy as np, hyperopt\nwarnings.simplefilter('error')\n"
+                "p = np.ones(10, np.float32); o = hyperopt.AdamW([p], use_gpu=False)\n"
+                "o.step(gradients=[p]); print(o.backend)", HYPEROPT_CPU_KERNELS=None)
+    assert r.returncode == 0 and r.stdout.strip() == "numpy", r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_asking_for_numba_without_it_raises():
+    r = _python(_BLOCK_NUMBA + "import numpy as np, hyperopt\nhyperopt.AdamW([np.ones(3)], use_gpu=False)",
+                HYPEROPT_CPU_KERNELS="numba")
+    assert r.returncode != 0 and "HYPEROPT_CPU_KERNELS=numba" in r.stderr
+
+
+def test_selection_by_env(monkeypatch):
+    from hyperopt import AdamW
+    monkeypatch.delenv("HYPEROPT_CPU_KERNELS", raising=False)
+    assert AdamW([np.ones(3)], use_gpu=False).backend == "numba"
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "numpy")
+    assert AdamW([np.ones(3)], use_gpu=False).backend == "numpy"
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "fortran")
+    with pytest.raises(ValueError, match="HYPEROPT_CPU_KERNELS"):
+        AdamW([np.ones(3)], use_gpu=False)
+
+
+def test_launch_counts_tell_which_implementation_ran(monkeypatch):
+    from hyperopt import AdamW
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "numba")
+    p = np.ones(10, np.float32)
+    opt = AdamW([p], use_gpu=False)
+    before = launch_counts["numba"]
+    for _ in range(3):
+        opt.step(gradients=[p])
+    assert launch_counts["numba"] == before + 3
+
+
+@pytest.mark.timeout(600)
+def test_unwritable_cache_dir_still_works(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, so no directory can be made under it (even by root)")
+    r = _python("import numpy as np, hyperopt\np = np.ones(10, np.float32)\n"
+                "o = hyperopt.AdamW([p], use_gpu=False); o.step(gradients=[p]); print(o.backend, p[0])",
+                NUMBA_CACHE_DIR=str(blocker / "numba"), HYPEROPT_CPU_KERNELS="numba")
+    assert r.returncode == 0 and r.stdout.split()[0] == "numba", r.stderr
+    assert blocker.is_file()

@@ -1,0 +1,347 @@
+"""Every option, checked against a formula written here (not computed by the package).
+
+Each case changes one constructor argument (every group gets it) or one per-group key (only the
+second group gets it) from its default, runs a few steps on both backends, and compares parameters
+(and group diagnostics) with a float64 reference written in this file from the class docstrings and
+shared/SPEC.md.  Each case also checks that its reference moves away from the defaults' reference,
+so an option the optimizer ignored could not pass.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import hyperopt
+
+STEPS = 4
+SHAPES_A = [(4, 3), (3,)]     # group 0
+SHAPES_B = [(5,)]             # group 1: gets the per-group override
+RTOL, ATOL = 2e-5, 1e-6       # float32 kernels against a float64 reference
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES_A + SHAPES_B]
+    scales = [3.0, 1.0, 0.3, 0.1]   # shrinking gradients: amsgrad's max differs from v
+    grads = [[(c * rng.standard_normal(s)).astype(np.float32) for s in SHAPES_A + SHAPES_B] for c in scales]
+    return params, grads
+
+
+# ---------------------------------------------------------------------------------------- references
+def ref_adamw(p, gs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False):
+    p = p.astype(np.float64)
+    m, v, vmax = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+    b1, b2 = betas
+    for t, g in enumerate(gs, 1):
+        g = -g.astype(np.float64) if maximize else g.astype(np.float64)
+        p = p * (1 - lr * weight_decay)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        vmax = np.maximum(vmax, v)
+        denom = np.sqrt(vmax if amsgrad else v) / math.sqrt(1 - b2 ** t) + eps
+        p = p - lr / (1 - b1 ** t) * m / denom
+    return p
+
+
+def ref_hysterograd_group(ps, gss, lr=1e-3, stiffening_factor=0.01, beta=0.99, epsilon=1e-7, cooling_rate=0.99,
+                          initial_temp=1.0, metric_scale=1.0, adaptive_threshold=True, grad_clip=None,
+                          hysteresis_scale=1.0, metric_power=0.5, schmitt=None):
+    """One group through STEPS steps: parameters and the diagnostics after the last step."""
+    ps = [p.astype(np.float64) for p in ps]
+    G = [np.zeros_like(p) for p in ps]
+    tau, T, E, liquid = 0.0, initial_temp, 0.0, True
+    low, high = schmitt or (1.0, 1.0)
+    for gs in gss:
+        cs = []
+        for j, g in enumerate(gs):
+            g = g.astype(np.float64)
+            G[j] = beta * G[j] + (1 - beta) * metric_scale * g * g
+            cs.append(g / (G[j] ** metric_power + epsilon))
+        n = math.sqrt(sum(float((c * c).sum()) for c in cs))
+        k = min(1.0, grad_clip / (n + 1e-6)) if grad_clip else 1.0
+        n_eff = k * n
+        tau += lr * n_eff
+        T *= cooling_rate
+        E = beta * E + (1 - beta) * n_eff
+        h = stiffening_factor * math.sqrt(tau) * (1 - min(max(T, 0.0), 1.0)) * hysteresis_scale
+        if adaptive_threshold:
+            h *= E + 1e-8
+        liquid = n_eff > (low if liquid else high) * h
+        if liquid:
+            ps = [p - lr * k * c for p, c in zip(ps, cs)]
+    return ps, {"tau": tau, "temperature": T, "energy": E, "norm": n_eff, "barrier": h, "clip_factor": k,
+                "status": "Liquid" if liquid else "Frozen"}
+
+
+def ref_hypergradient_group(ps, gss, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta_hyper=1e-7,
+                            lr_min=1e-6, lr_max=1.0, log_scale=False, maximize=False):
+    ps = [p.astype(np.float64) for p in ps]
+    m = [np.zeros_like(p) for p in ps]
+    v = [np.zeros_like(p) for p in ps]
+    d = None
+    b1, b2 = betas
+    for t, gs in enumerate(gss, 1):
+        gs = [(-g if maximize else g).astype(np.float64) for g in gs]
+        if d is not None:
+            h = sum(float((g * dd).sum()) for g, dd in zip(gs, d))
+            if log_scale:
+                lr = math.exp(min(max(math.log(lr) + beta_hyper * h, math.log(lr_min)), math.log(lr_max)))
+            else:
+                lr = lr + beta_hyper * h
+            lr = min(max(lr, lr_min), lr_max)
+        d = []
+        for j, g in enumerate(gs):
+            ps[j] = ps[j] * (1 - lr * weight_decay)
+            m[j] = b1 * m[j] + (1 - b1) * g
+            v[j] = b2 * v[j] + (1 - b2) * g * g
+            mh, vh = m[j] / (1 - b1 ** t), v[j] / (1 - b2 ** t)
+            ps[j] = ps[j] - lr * mh / (np.sqrt(vh) + eps)
+            d.append(mh / (np.sqrt(vh) + eps))
+    return ps, lr
+
+
+def ref_hl_group(ws, gss, h_grads, delta=0.1, gamma=1.0, flip=-1.0, theta=0.1, beta=1.0,
+                 reset_neuron_costate=False, reset_weight_costate=False, local=True):
+    """HL over a stateless model; zero_grad after every step.  Returns weights, p_xi and H(V=0.7)."""
+    s, th = -delta * flip, -flip * theta
+    ws = [w.astype(np.float64) for w in ws]
+    pw = [np.zeros_like(w) for w in ws]
+    pxi = np.zeros(1)
+    for gs, hg in zip(gss, h_grads):
+        pxi = (1 - th) * pxi + s * hg
+        for j, g in enumerate(gs):
+            if local:
+                ws[j] = ws[j] - delta * beta * pw[j]
+                pw[j] = (1 - th) * pw[j] + s * g
+            else:
+                pw[j] = (1 - th) * pw[j] + s * g
+                ws[j] = ws[j] - delta * beta * pw[j]
+        if reset_neuron_costate:
+            pxi = np.zeros(1)
+        if reset_weight_costate:
+            pw = [np.zeros_like(w) for w in ws]
+    dh = np.array([0.5])
+    return ws, pxi, gamma * 0.7 + float(dh @ pxi)
+
+
+def _lowbias32(x):
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def ref_hash_projection(seed, step, segment, n, D):
+    """P (n x D) of the hash projection, from the documented recipe: the sign of P[i, j] is bit
+    j % 32 of lowbias32(i ^ lowbias32(stream)), stream = the low 24 bits of
+    lowbias32(...lowbias32(lowbias32(seed) ^ lowbias32(step)) ^ lowbias32(segment)) ^ lowbias32(j // 32))."""
+    P = np.empty((n, D))
+    for j in range(D):
+        h = _lowbias32(seed)
+        for word in (step, segment, j // 32):
+            h = _lowbias32(h ^ _lowbias32(word))
+        mixed = _lowbias32(h & 0xFFFFFF)
+        for i in range(n):
+            P[i, j] = -1.0 if (_lowbias32(i ^ mixed) >> (j % 32)) & 1 else 1.0
+    return P / math.sqrt(D)
+
+
+def _cg(A, b, iters, tol=1e-6):
+    x, r = np.zeros_like(b), b.copy()
+    p, rho = r.copy(), float(r @ r)
+    for _ in range(iters):
+        Ap = A @ p
+        alpha = rho / max(1e-12, float(p @ Ap))
+        x, r = x + alpha * p, r - alpha * Ap
+        rho_new = float(r @ r)
+        if math.sqrt(rho_new) < tol:
+            break
+        p, rho = r + rho_new / max(1e-12, rho) * p, rho_new
+    return x
+
+
+def ref_natgrad(ps, gss, group_of, group_opts, projection, B, seed=12345):
+    """HCNaturalGrad over all parameters (``group_of[j]``: parameter j's group; ``group_opts``: each
+    group's options); ``B`` None: plain descent.  One projection stream over all parameters in
+    order; each group solves its own D x D system."""
+    ps = [p.astype(np.float64) for p in ps]
+    opts = [{"lr": 5e-3, "fisher_damp": 1e-3, "cg_iters": 8, "clip": None, **o} for o in group_opts]
+    rng = np.random.default_rng(seed)
+    for step, gs in enumerate(gss, 1):
+        gs = [g.astype(np.float64) for g in gs]
+        if B is None:
+            ps = [p - opts[group_of[j]]["lr"] * g for j, (p, g) in enumerate(zip(ps, gs))]
+        else:
+            Xc = B - B.mean(axis=0)
+            C = Xc.T @ Xc / max(1, B.shape[0] - 1)
+            D = C.shape[0]
+            if projection == "numpy":
+                Ps = [rng.normal(size=(g.size, D)) / math.sqrt(D) for g in gs]
+            else:
+                Ps = [ref_hash_projection(seed, step, j, g.size, D) for j, g in enumerate(gs)]
+            vs = {}
+            for gi, o in enumerate(opts):
+                y = sum(Ps[j].T @ gs[j].reshape(-1) for j in range(len(ps)) if group_of[j] == gi)
+                vs[gi] = _cg(C + o["fisher_damp"] * np.eye(D), y, o["cg_iters"])
+            ps = [p - opts[group_of[j]]["lr"] * (Ps[j] @ vs[group_of[j]]).reshape(p.shape) for j, p in enumerate(ps)]
+        ps = [np.clip(p, -opts[group_of[j]]["clip"], opts[group_of[j]]["clip"]) if opts[group_of[j]]["clip"] else p
+              for j, p in enumerate(ps)]
+    return ps
+
+
+# ---------------------------------------------------------------------------------------- the table
+# (optimizer, option, value, "ctor" | "group")
+CASES = [
+    *[("AdamW", k, v, w) for k, v in [("lr", 0.05), ("betas", (0.5, 0.9)), ("eps", 0.3), ("weight_decay", 3.0),
+                                      ("amsgrad", True), ("maximize", True)] for w in ("ctor", "group")],
+    *[("HIOptimizer", k, v, w) for k, v in [
+        ("lr", 0.05), ("stiffening_factor", 5.0), ("beta", 0.5), ("epsilon", 0.5), ("cooling_rate", 0.5),
+        ("initial_temp", 0.3), ("metric_scale", 7.0), ("adaptive_threshold", False), ("grad_clip", 0.05),
+        ("hysteresis_scale", 40.0), ("metric_power", 1.0), ("schmitt", (0.2, 30.0))] for w in ("ctor", "group")],
+    *[("HypergradientAdamW", k, v, w) for k, v in [
+        ("lr", 0.05), ("betas", (0.5, 0.9)), ("eps", 0.3), ("weight_decay", 3.0), ("beta_hyper", 0.01),
+        ("lr_min", 0.02), ("lr_max", 0.0005), ("log_scale", True), ("maximize", True)] for w in ("ctor", "group")],
+    *[("HL", k, v, w) for k, v in [
+        ("gamma", 3.0), ("flip", 1.0), ("theta", 0.6), ("beta", 0.3), ("reset_neuron_costate", True),
+        ("local", False), ("reset_weight_costate", True)] for w in ("ctor", "group")],
+    *[(f"HCNaturalGrad-{proj}", k, v, w) for proj in ("plain", "numpy", "hash") for k, v in [
+        ("lr", 0.05), ("fisher_damp", 0.5), ("cg_iters", 1), ("clip", 0.3)] for w in ("ctor", "group")
+      if not (proj == "plain" and k in ("fisher_damp", "cg_iters"))],
+]
+# cg_iters and fisher_damp only act with branches; HL's reset_weight_costate needs local=False
+# (local=True with it is refused), so those cases run with local=False in both groups.
+
+# Settings (both groups) under which an option's effect is visible in four steps.
+_HYPER = {"beta_hyper": 1e-3, "lr": 0.01}
+BASES = {
+    ("AdamW", "amsgrad"): {"betas": (0.9, 0.5)},                   # v falls, so max(v) differs from v
+    **{("HypergradientAdamW", k): _HYPER for k in ("lr", "betas", "eps", "weight_decay", "lr_min", "lr_max",
+                                                   "log_scale", "maximize")},
+    ("HypergradientAdamW", "lr"): {"beta_hyper": 1e-3},
+    ("HypergradientAdamW", "beta_hyper"): {"lr": 0.01},
+    **{("HIOptimizer", k): {"initial_temp": 0.5, "lr": 0.05} for k in (
+        "stiffening_factor", "cooling_rate", "adaptive_threshold", "hysteresis_scale", "schmitt")},
+    ("HIOptimizer", "initial_temp"): {"lr": 0.05},
+    ("HIOptimizer", "schmitt"): {"stiffening_factor": 5.0, "initial_temp": 0.5, "lr": 0.05},
+}
+
+BRANCHES = np.random.default_rng(5).standard_normal((6, 3))
+
+
+def _id(case):
+    name, key, value, where = case
+    return f"{name}-{key}={value}-{where}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_option_matches_the_formula(case, opt_kwargs):
+    name, key, value, where = case
+    params, grads = _data()
+    ctor = {key: value} if where == "ctor" else {}
+    group1 = {key: value} if where == "group" else {}
+    nA = len(SHAPES_A)
+    if name == "HL":
+        _check_hl(key, value, where, params, grads, opt_kwargs)
+        return
+    groups = [{"params": params[:nA]}, {"params": params[nA:], **group1}]
+    base = dict(BASES.get((name, key), {}))
+    if base:
+        groups[1] = {**base, **groups[1]}
+    if name == "AdamW":
+        opt = hyperopt.AdamW(groups, **{**base, **ctor}, **opt_kwargs)
+        ref = lambda gi, opts: [ref_adamw(p, [g[j] for g in grads], **opts) for j, p in _members(gi, params)]
+    elif name == "HIOptimizer":
+        opt = hyperopt.HIOptimizer(groups, **{**base, **ctor}, **opt_kwargs)
+        def ref(gi, opts):
+            ps, diag = ref_hysterograd_group([p for _, p in _members(gi, params)],
+                                             [[g[j] for j, _ in _members(gi, params)] for g in grads], **opts)
+            return ps + [np.array([diag[k] for k in ("tau", "temperature", "energy", "barrier", "clip_factor")])]
+    elif name == "HypergradientAdamW":
+        opt = hyperopt.HypergradientAdamW(groups, **{**base, **ctor}, **opt_kwargs)
+        ref = lambda gi, opts: ref_hypergradient_group([p for _, p in _members(gi, params)],
+                                                       [[g[j] for j, _ in _members(gi, params)] for g in grads],
+                                                       **opts)[0]
+    else:
+        proj = name.split("-")[1]
+        B = None if proj == "plain" else BRANCHES
+        kw = {} if proj == "plain" else {"branches": B, "projection": proj}
+        opt = hyperopt.HCNaturalGrad(groups, **{**base, **ctor}, **kw, **opt_kwargs)
+        group_of = [0] * nA + [1] * len(SHAPES_B)
+
+        def ref(gi, opts):
+            other = {**base, **(ctor if where == "ctor" else group1 if gi == 0 else {})}
+            both = [opts, other] if gi == 0 else [other, opts]
+            out = ref_natgrad(params, grads, group_of, both, proj, B)
+            return [out[j] for j, _ in _members(gi, params)]
+    originals = [p.copy() for p in params]
+    for g in grads:
+        opt.step(gradients=g)
+    assert opt.backend.startswith("vulkan:" if opt_kwargs["use_gpu"] else "n")
+    params_now = params
+    params[:] = originals                     # the references start from the same initial values
+    for gi in (0, 1):
+        opts = {**base, **(ctor if where == "ctor" else group1 if gi == 1 else {})}
+        expect = ref(gi, opts)
+        default = ref(gi, base)
+        got = [params_now_j for params_now_j in _group_arrays(opt, gi)]
+        for e, gv in zip(expect, got):     # (zip stops before HIOptimizer's diagnostics row)
+            np.testing.assert_allclose(gv, e, rtol=RTOL, atol=ATOL, err_msg=f"group {gi}")
+        if opts != base:    # the option must make a difference the test can see
+            assert any(not np.allclose(e, d, rtol=1e-4, atol=1e-5) for e, d in zip(expect, default)), \
+                f"{key}={value} does not change the reference: a useless case"
+    if name == "HIOptimizer":
+        for gi, diag in enumerate(opt.diagnostics()):
+            opts = {**base, **(ctor if where == "ctor" else group1 if gi == 1 else {})}
+            _, want = ref_hysterograd_group([p for _, p in _members(gi, originals)],
+                                            [[g[j] for j, _ in _members(gi, originals)] for g in grads], **opts)
+            for k in ("tau", "temperature", "energy", "norm", "barrier", "clip_factor"):
+                assert diag[k] == pytest.approx(want[k], rel=1e-5, abs=1e-9), (gi, k)
+            assert diag["status"] == want["status"]
+    if name == "HypergradientAdamW":
+        for gi, group in enumerate(opt.param_groups):
+            opts = {**base, **(ctor if where == "ctor" else group1 if gi == 1 else {})}
+            _, lr = ref_hypergradient_group([p for _, p in _members(gi, originals)],
+                                            [[g[j] for j, _ in _members(gi, originals)] for g in grads], **opts)
+            assert group["lr"] == pytest.approx(lr, rel=1e-5)
+
+
+def _members(gi, params):
+    nA = len(SHAPES_A)
+    idx = range(nA) if gi == 0 else range(nA, nA + len(SHAPES_B))
+    return [(j, params[j]) for j in idx]
+
+
+def _group_arrays(opt, gi):
+    return [p for p in opt.param_groups[gi]["params"]]
+
+
+def _check_hl(key, value, where, params, grads, opt_kwargs):
+    from hyperopt.hamiltonian import StatelessModel
+    nA = len(SHAPES_A)
+    originals = [p.copy() for p in params]
+    extra = {"local": False} if key == "reset_weight_costate" else {}
+    models = [StatelessModel(params[:nA]), StatelessModel(params[nA:])]
+    for m in models:
+        m.dh = np.array([0.5], np.float32)
+    ctor = {**extra, **({key: value} if where == "ctor" else {})}
+    groups = [{"params": models[0]}, {"params": models[1], **({key: value} if where == "group" else {})}]
+    hl = hyperopt.HL(groups, **ctor, **opt_kwargs)
+    rng = np.random.default_rng(9)
+    h_grads = [[rng.standard_normal(1).astype(np.float32) for _ in range(2)] for _ in grads]
+    for g, hg in zip(grads, h_grads):
+        hl.step(gradients=[{f"p{j}": x for j, x in enumerate(g[:nA])}, {"p0": g[nA]}], h_grad=hg)
+        hl.zero_grad()
+    total_H = 0.0
+    for gi in (0, 1):
+        opts = {**extra, **({key: value} if where == "ctor" or gi == 1 else {})}
+        members = _members(gi, originals)
+        ws, pxi, H = ref_hl_group([p for _, p in members], [[g[j] for j, _ in members] for g in grads],
+                                  [hg[gi].astype(np.float64) for hg in h_grads], **opts)
+        got = params[:nA] if gi == 0 else params[nA:]
+        for e, gv in zip(ws, got):
+            np.testing.assert_allclose(gv, e, rtol=RTOL, atol=ATOL, err_msg=f"group {gi}")
+        np.testing.assert_allclose(np.ravel(hl.neuron_costate(gi)), pxi, rtol=RTOL, atol=ATOL)
+        total_H += H
+    assert hl.compute_hamiltonian(0.7, 0.7) == pytest.approx(total_H, rel=1e-5, abs=1e-7)
