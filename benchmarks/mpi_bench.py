@@ -51,7 +51,7 @@ def worker(args):
     state = sum(b.nbytes for bufs in backend._state.values() for b in bufs)
     rows = comm.gather({"state_bytes": state, "step_s": float(np.median(times)), "sent_per_step": sent}, root=0)
     if comm.rank == 0:
-        print(json.dumps({"ranks": comm.size, "optimizer": args.optimizer, "elements": sum(int(np.prod(s)) for s in shapes),
+        print(json.dumps({"ranks": comm.size, "optimizer": args.optimizer, "kernels": opt.backend, "elements": sum(int(np.prod(s)) for s in shapes),
                           "state_bytes_max": max(r["state_bytes"] for r in rows),
                           "step_s": max(r["step_s"] for r in rows),
                           "sent_per_step": max(r["sent_per_step"] for r in rows)}))
@@ -61,7 +61,7 @@ def launch(args):
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
     if mpiexec is None:
         sys.exit("mpi_bench: no mpiexec found (pip install -e '.[mpi]')")
-    print(f"{'ranks':>5} {'optimizer':>22} {'elements':>10} {'state/rank MiB':>15} {'step ms':>9} {'sent/step MiB':>14}")
+    print(f"{'ranks':>5} {'optimizer':>22} {'kernels':>7} {'elements':>10} {'state/rank MiB':>15} {'step ms':>9} {'sent/step MiB':>14}")
     for n in args.ranks:
         cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "benchmarks.mpi_bench", "--worker",
                "--elements", str(args.elements), "--steps", str(args.steps), "--optimizer", args.optimizer]
@@ -72,7 +72,7 @@ def launch(args):
         if out.returncode:
             sys.exit(f"mpi_bench: {' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['ranks']:>5} {r['optimizer']:>22} {r['elements']:>10} {r['state_bytes_max'] / 2**20:>15.2f} "
+        print(f"{r['ranks']:>5} {r['optimizer']:>22} {r['kernels']:>7} {r['elements']:>10} {r['state_bytes_max'] / 2**20:>15.2f} "
               f"{1e3 * r['step_s']:>9.2f} {r['sent_per_step'] / 2**20:>14.2f}")
 
 
