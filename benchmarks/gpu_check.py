@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("info", "bandwidth", "tests", "bench", "peers")
 # shares of the time limit: on a GPU the benchmarks take the most; under --quick (a CPU driver) the tests do
 PLAN_S = {"info": 20, "bandwidth": 30, "tests": 120, "bench": 210, "peers": 60}
-QUICK_PLAN_S = {"info": 15, "bandwidth": 15, "tests": 240, "bench": 100, "peers": 30}
+QUICK_PLAN_S = {"info": 15, "bandwidth": 15, "tests": 420, "bench": 100, "peers": 30}
 REPORT_RESERVE_S = 15
 QUICK_SIZES = [10_000, 100_000, "mix200-small"]
 BIG_SIZES = [64_000_000, 256_000_000]
