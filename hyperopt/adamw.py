@@ -93,7 +93,7 @@ class AdamW(Optimizer):
 
     def _next_step(self, i):
         """Parameter i's step count after this step (its state is created by ``_commit_steps``)."""
-        st = self.state.get(i)
+        st = self._param_state.get(i)
         if st is None:
             self._backend.clear(i)               # state may remain from a load or an earlier layout
             return 1
@@ -102,8 +102,8 @@ class AdamW(Optimizer):
     def _commit_steps(self, steps):
         """The counters move only once the update has run."""
         for i, t in steps.items():
-            st = self.state.get(i)
+            st = self._param_state.get(i)
             if st is None:
-                self.state[i] = {"step": t}
+                self._param_state[i] = {"step": t}
             else:
                 st["step"] = t

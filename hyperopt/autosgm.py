@@ -303,7 +303,7 @@ class AutoSGM(Optimizer):
             gi = self._group_of[i]
             group = self.param_groups[gi]
             p = _data(params[i])
-            st = self.state.get(i)
+            st = self._param_state.get(i)
             t = 1 if st is None else st["step"] + 1
             window = self._window(group["rc_cfg"])(t)
             if not math.isfinite(window):
@@ -333,15 +333,15 @@ class AutoSGM(Optimizer):
             tables[1][i] = (2 if nl in (1, 2, 3) else 1, window, p.size, alpha, sign)
         self._check_tables(self._program)
         for i in grads:
-            if i not in self.state:
+            if i not in self._param_state:
                 self._begin_state(i, _data(params[i]), self.param_groups[self._group_of[i]], nudge=i in device)
         if device:   # upload_params: edits to the arrays between steps are respected on the device too
             self._backend.run(self._program, device, upload_params=True)
         for i, (new_p, new_st) in mixed.items():
             _data(params[i])[...] = new_p
-            self.state[i] = new_st
+            self._param_state[i] = new_st
         for i, (t, window) in steps.items():
-            st = self.state.setdefault(i, {})
+            st = self._param_state.setdefault(i, {})
             st["step"], st["window"] = t, window
 
     @staticmethod
@@ -436,7 +436,7 @@ class AutoSGM(Optimizer):
         """Everything kept for parameter ``p`` (index or array), with the per-tensor controller values."""
         out = super().state_of(p)
         i = p if isinstance(p, int) else self._index[id(p)]
-        if i in self.state:
+        if i in self._param_state:
             out["lr_num"] = float(self._ctl[CTL_STRIDE * i + CTL_LR_NUM])
         return out
 
@@ -471,7 +471,7 @@ class AutoSGM(Optimizer):
             self._keep = set()
         for group in self.param_groups:
             self._validate_group(group)
-        for i, st in self.state.items():
+        for i, st in self._param_state.items():
             self._ctl[CTL_STRIDE * i:CTL_STRIDE * (i + 1)] = 0
             self._ctl[CTL_STRIDE * i + CTL_LR_NUM] = st.pop("lr_num", 0.0)
         self._sync_layout()

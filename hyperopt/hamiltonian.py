@@ -222,7 +222,7 @@ class HL(Optimizer):
                     table[i] = (keep, cstep, neg_wstep, 0.0 if self.param_groups[gi]["local"] else 1.0)
                 self._run(self._program, grads, upload_params=True)
                 for i in grads:
-                    self.state.setdefault(i, {"step": 0})["step"] += 1
+                    self._param_state.setdefault(i, {"step": 0})["step"] += 1
             for p_xi, new in zip(self._xi_costates, costates):
                 p_xi[...] = new
         return loss

@@ -142,9 +142,9 @@ class _HypergradientBase(AdamW):
 
         self._commit_steps(steps)
         for i in grads:
-            self.state[i]["direction_sq"] = float(norms[i, 0])
+            self._param_state[i]["direction_sq"] = float(norms[i, 0])
             if surprise:
-                self.state[i]["has_ema"] = True
+                self._param_state[i]["has_ema"] = True
         for gi, (group, hyper) in staged.items():
             self.param_groups[gi]["lr"] = group["lr"]
             self.param_groups[gi]["betas"] = group["betas"]
@@ -170,7 +170,7 @@ class _HypergradientBase(AdamW):
         for gi, idx in members.items():
             momentum = bool(wants[gi])
             for i in idx:
-                st = self.state.get(i, {})
+                st = self._param_state.get(i, {})
                 if surprise and st.get("has_ema"):
                     table[i] = (momentum, True, self.surprise_gamma, 1.0 - self.surprise_gamma)
                 else:   # the EMA (when on) starts at this gradient
@@ -178,7 +178,7 @@ class _HypergradientBase(AdamW):
 
     def _prev_norm(self, gi):
         """|d|^2 of the group's previous directions (parameters without a gradient keep theirs)."""
-        return math.fsum(self.state[i].get("direction_sq", 0.0) for i in self._members[gi] if i in self.state)
+        return math.fsum(self._param_state[i].get("direction_sq", 0.0) for i in self._members[gi] if i in self._param_state)
 
     @staticmethod
     def _set_lr(group, hyper, lr):
@@ -335,7 +335,7 @@ class HypergradientAdamW(_HypergradientBase):
             check_range("lr_min", group["lr_min"], 0, low_open=True, label="lr_min value (log_scale needs lr_min > 0)")
 
     def _wants_sums(self, gi, idx):
-        return False if any(i in self.state and self.state[i]["step"] >= 1 for i in idx) else None
+        return False if any(i in self._param_state and self._param_state[i]["step"] >= 1 for i in idx) else None
 
     def _adapt(self, gi, group, hyper, sums):
         h = float(sums[0])

@@ -155,7 +155,7 @@ class HIOptimizer(Optimizer):
             self._result = ("Frozen", 0.0, 0.0)
             return
         for i in grads:
-            if i not in self.state:
+            if i not in self._param_state:
                 self._backend.clear(i)   # state may remain from a load or an earlier layout
         nat, control, gate = self._program.tables
         for gi, group in enumerate(self.param_groups):
@@ -172,7 +172,7 @@ class HIOptimizer(Optimizer):
             gate[i] = (group["lr"], group["epsilon"], group["metric_power"], gi * CTL_STRIDE)
         self._run(self._program, grads, upload_params=True)
         for i in grads:
-            self.state.setdefault(i, {})
+            self._param_state.setdefault(i, {})
         rows = records[active]
         liquid = bool(rows[:, CTL_LIQUID].any())
         self._result = ("Liquid" if liquid else "Frozen",

@@ -200,7 +200,7 @@ class HCNaturalGrad(Optimizer):
             self.lr, self.fisher_damp = float(lr), float(fisher_damp)
             self.cg_iters, self.clip = int(cg_iters), clip
             self.grad_estimator = grad_estimator
-            self.defaults, self.param_groups, self.state = dict(hyper), [], {}
+            self.defaults, self.param_groups, self._param_state = dict(hyper), [], {}
             self._state = {}
             return
         if grad_estimator is not None:
@@ -363,7 +363,7 @@ class HCNaturalGrad(Optimizer):
 
     def _count_steps(self, grads):
         for i in grads:
-            st = self.state.setdefault(i, {"step": 0})
+            st = self._param_state.setdefault(i, {"step": 0})
             st["step"] += 1
 
     # ------------------------------------------------------------------ state

@@ -2,10 +2,12 @@
 
 Parameters are NumPy arrays, or objects with ``.data`` (an array) and ``.grad``.  They are kept in
 ``param_groups`` (dicts with per-group hyperparameters, read again at every step so that a schedule
-writing ``group['lr']`` takes effect).  Per-parameter scalar state (step counters) is in
-``self.state[i]``, ``i`` being the parameter's index in group order; per-element state (moments,
-metrics) lives in the backend, on the device for the Vulkan path, and ``state_of(p)`` returns all of
-it as NumPy arrays.
+writing ``group['lr']`` takes effect).  ``opt.state`` is keyed by parameter id, as gradients are
+(``opt.state[id(W)]``: torch keys state by the parameter itself, and arrays are unhashable); each
+entry holds everything kept for that parameter, per-element arrays included, as copies.  Inside,
+per-parameter scalar state (step counters) is in ``self._param_state[i]``, ``i`` being the
+parameter's index in group order, and per-element state (moments, metrics) lives in the backend,
+on the device for the Vulkan path.
 
 ``state_dict()`` is plain data (by parameter index) and ``load_state_dict`` checks every entry before
 anything changes; ``hyperopt.save``/``hyperopt.load`` (``checkpoint.py``) put it in a file without
@@ -25,10 +27,15 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Mapping
 import math
 import numbers
 import signal
 import threading
+
+# signal's own C functions: the `signal` module's wrappers convert handlers to and from enums, which
+# cost more than the rest of a small step's host work (two calls every step)
+import _signal
 
 import numpy as np
 
@@ -90,7 +97,7 @@ class Optimizer:
 
     def __init__(self, params, defaults: dict, *, use_gpu="auto", device=None, comm=None):
         self.defaults = dict(defaults)
-        self.state: dict[int, dict] = {}
+        self._param_state: dict[int, dict] = {}
         self.param_groups: list[dict] = []
         params = list(params) if not isinstance(params, np.ndarray) else [params]
         if not params:
@@ -405,13 +412,20 @@ class Optimizer:
         return grads
 
     # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> "ParamState":
+        """Per-parameter state keyed by ``id(param)``: ``opt.state[id(W)]`` is ``state_of(W)``
+        (step counters and every per-element buffer, as copies).  Parameters that have not stepped
+        have no entry.  A read-only view; ``state_dict()`` is the portable, by-index form."""
+        return ParamState(self)
+
     @_serialised
     def state_of(self, p) -> dict:
         """Everything the optimizer keeps for parameter ``p`` (copies on the Vulkan path)."""
         self._check_open()
         i = self._index[id(p)] if not isinstance(p, int) else p
-        out = copy.deepcopy(self.state.get(i, {}))
-        if i in self.state:
+        out = copy.deepcopy(self._param_state.get(i, {}))
+        if i in self._param_state:
             for name in self._backend.buffers:
                 out[name] = self._backend.read(name, i)
         return out
@@ -448,7 +462,7 @@ class Optimizer:
             entry["params"] = list(range(start, start + len(g["params"])))
             start += len(g["params"])
             groups.append(entry)
-        state = {i: self.state_of(i) for i in sorted(self.state)}
+        state = {i: self.state_of(i) for i in sorted(self._param_state)}
         return {"optimizer": type(self).__name__, "state": state, "param_groups": groups,
                 "extra": self._group_extra()}
 
@@ -543,11 +557,11 @@ class Optimizer:
             mine.update({k: v for k, v in theirs.items() if k != "params"})
         if tuple(self.state_buffers) != tuple(self._backend.buffers):
             self._rebind()          # e.g. amsgrad switched on: its buffer must exist before the write
-        self.state = {}
+        self._param_state = {}
         for i in range(len(self.params())):
             self._backend.clear(i)  # parameters the dict has no state for start fresh
         for i, entry in state_dict["state"].items():
-            self.state[i] = {k: v for k, v in entry.items() if k not in self._backend.buffers}
+            self._param_state[i] = {k: v for k, v in entry.items() if k not in self._backend.buffers}
             for name in self._backend.buffers:
                 if name in entry:
                     self._backend.write(name, i, entry[name])
@@ -713,11 +727,11 @@ class _interrupts_deferred:
         self._previous = None
         if _interrupts_deferred._active or threading.current_thread() is not threading.main_thread():
             return self
-        previous = signal.getsignal(signal.SIGINT)
+        previous = _signal.getsignal(signal.SIGINT)
         if previous is None:                 # a handler installed outside Python: leave it alone
             return self
         self._pending = []
-        signal.signal(signal.SIGINT, lambda signum, frame: self._pending.append(frame))
+        _signal.signal(signal.SIGINT, lambda signum, frame: self._pending.append(frame))
         self._previous = previous
         _interrupts_deferred._active = True
         return self
@@ -726,7 +740,7 @@ class _interrupts_deferred:
         if self._previous is None:
             return False
         _interrupts_deferred._active = False
-        signal.signal(signal.SIGINT, self._previous)
+        _signal.signal(signal.SIGINT, self._previous)
         if self._pending:
             if callable(self._previous):
                 self._previous(signal.SIGINT, self._pending[0])   # default: raises KeyboardInterrupt
@@ -752,3 +766,30 @@ def check_flag(name: str, value) -> None:
     (a string such as ``"False"`` would otherwise be read by its truthiness)."""
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"Invalid {name}: {value!r} (expected True or False, got {type(value).__name__})")
+
+
+class ParamState(Mapping):
+    """``opt.state``: the optimizer's per-parameter state keyed by ``id(param)`` (read-only copies)."""
+
+    def __init__(self, optimizer):
+        self._opt = optimizer
+
+    def _ids(self):
+        params = getattr(self._opt, "_param_objs", [])
+        return {id(params[i]): i for i in sorted(self._opt._param_state) if i < len(params)}
+
+    def __getitem__(self, key):
+        i = self._ids().get(key)
+        if i is None:
+            raise KeyError(f"no state for parameter id {key!r}: opt.state is keyed by id(param), and a parameter "
+                           "has state once it has stepped")
+        return self._opt.state_of(i)
+
+    def __iter__(self):
+        return iter(self._ids())
+
+    def __len__(self):
+        return len(self._ids())
+
+    def __repr__(self):
+        return f"ParamState({{{', '.join(f'{k}: ...' for k in self)}}})"

@@ -70,9 +70,10 @@ def test_parameter_without_gradient_is_untouched(backend, opt_kwargs, rng):
     opt = AdamW([a, b], **opt_kwargs)
     opt.step(gradients={id(a): np.ones(5, np.float32)})
     assert np.array_equal(b, b0)            # no weight decay either
-    assert 1 not in opt.state
+    assert id(b) not in opt.state and id(a) in opt.state     # keyed by id(param)
     opt.step(gradients=[np.ones(5, np.float32), np.ones(6, np.float32)])
-    assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1
+    assert opt.state[id(a)]["step"] == 2 and opt.state[id(b)]["step"] == 1
+    np.testing.assert_array_equal(opt.state[id(b)]["exp_avg"], opt.state_of(b)["exp_avg"])   # per-element state too
 
 
 class Param:
@@ -88,9 +89,9 @@ def test_gradient_forms_and_closure(backend, opt_kwargs):
     np.testing.assert_allclose(p.data, -0.1, rtol=1e-6)
     opt.zero_grad()
     assert p.grad is None
-    assert opt.step() is None and opt.state[0]["step"] == 1     # nothing to do without a gradient
+    assert opt.step() is None and opt.state[id(p)]["step"] == 1     # nothing to do without a gradient
     opt.step(gradients={id(p): np.ones(3)})                      # float64 gradients are cast
-    assert opt.state[0]["step"] == 2
+    assert opt.state[id(p)]["step"] == 2
 
 
 def test_schedule_writes_group_lr(backend, opt_kwargs):
@@ -234,7 +235,7 @@ def test_add_param_group_and_repr(backend, opt_kwargs):
     opt.step(gradients=[np.ones(3)])
     opt.add_param_group({"params": [b], "lr": 0.2, "amsgrad": True})
     opt.step(gradients=[np.ones(3), np.ones(2)])
-    assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1
+    assert opt.state[id(a)]["step"] == 2 and opt.state[id(b)]["step"] == 1
     np.testing.assert_allclose(b, -0.2, rtol=1e-6)
     text = repr(opt)
     assert "Parameter Group 1" in text and "lr: 0.2" in text and opt.backend in text

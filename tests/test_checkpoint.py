@@ -120,7 +120,7 @@ def test_load_writes_parameters_in_place_and_the_state_without_them(backend, opt
     other = AdamW(targets, lr=0.05, **opt_kwargs)
     hyperopt.load(other, tmp_path / "without.ckpt")
     assert not any(t.any() for t in targets)            # the parameters are not in that file
-    assert other.state[0]["step"] == 3
+    assert other.state[id(targets[0])]["step"] == 3
     hyperopt.load(other, tmp_path / "with.ckpt")
     assert targets[0] is alias and np.array_equal(alias, saved[0]) and np.array_equal(targets[1], saved[1])
     _step(opt, 3)
@@ -157,9 +157,10 @@ def test_a_failure_mid_save_leaves_the_previous_file(tmp_path, monkeypatch):
     assert len(calls) == 2
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["run.ckpt"]         # no temporary file left behind
-    fresh = AdamW(_start(), lr=0.05, use_gpu=False)
+    start = _start()
+    fresh = AdamW(start, lr=0.05, use_gpu=False)
     hyperopt.load(fresh, path)
-    assert fresh.state[0]["step"] == 2
+    assert fresh.state[id(start[0])]["step"] == 2
 
 
 _SAVER = """
