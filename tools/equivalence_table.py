@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import numpy as np  # noqa: E402
 import test_equivalence as te  # noqa: E402
 
-DEVICE = os.environ.get("HYPEROPT_TEST_DEVICE", "cpu")
+DEVICE = os.environ.get("HYPEROPT_TEST_DEVICE", "vulkan:cpu")
 ACTIONS = [("step", 1), ("step_with_none", 2), ("edit_in_place", 0.5), ("rebind_data", 3), ("set_lr", 0.02),
            ("add_param_group", 4), ("state_dict_roundtrip", 0), ("save_load", 0), ("bad_step", 0)]
 
