@@ -87,7 +87,8 @@ class HIOptimizer(Optimizer):
         check_range("lr", group["lr"], 0, label="learning rate")
         check_range("stiffening_factor", group["stiffening_factor"], 0, label="stiffening factor")
         check_range("beta", group["beta"], 0, 1, high_open=True, label="beta value")
-        check_range("epsilon", group["epsilon"], 0, label="epsilon value")
+        # > 0: with epsilon = 0 a zero gradient on a zero metric is 0/0, a NaN the step would store
+        check_range("epsilon", group["epsilon"], 0, low_open=True, label="epsilon value")
         check_range("cooling_rate", group["cooling_rate"], 0, label="cooling rate")
         check_range("initial_temp", group["initial_temp"], 0, label="initial temperature")
         check_range("metric_scale", group["metric_scale"], 0, low_open=True, label="metric scale")

@@ -279,6 +279,7 @@ def test_add_param_group_keeps_existing_group_state(opt_kwargs):
     (dict(lr=-1.0), "Invalid learning rate: -1.0"),
     (dict(beta=1.0), "Invalid beta value: 1.0"),
     (dict(epsilon=-1e-8), "Invalid epsilon value"),
+    (dict(epsilon=0.0), "Invalid epsilon value"),        # 0/0 on a zero gradient and metric
     (dict(stiffening_factor=-0.1), "Invalid stiffening factor"),
     (dict(metric_scale=0.0), "Invalid metric scale: 0.0"),
     (dict(grad_clip=-1.0), "Invalid grad_clip value"),
