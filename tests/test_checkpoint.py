@@ -131,14 +131,14 @@ def test_load_writes_parameters_in_place_and_the_state_without_them(backend, opt
 # ---------------------------------------------------------------------------------------------- atomic writes
 def _adamw(rng_seed=0, steps=2, **kw):
     params = _start()
-    opt = AdamW(params, lr=0.05, use_gpu=False, **kw)
+    opt = AdamW(params, lr=0.05, **(kw or {"use_gpu": False}))
     for t in range(steps):
         _step(opt, t + rng_seed)
     return opt, params
 
 
-def test_a_failure_mid_save_leaves_the_previous_file(tmp_path, monkeypatch):
-    opt, _ = _adamw(steps=2)
+def test_a_failure_mid_save_leaves_the_previous_file(tmp_path, monkeypatch, opt_kwargs):
+    opt, _ = _adamw(steps=2, **opt_kwargs)
     path = tmp_path / "run.ckpt"
     hyperopt.save(opt, path)
     before = path.read_bytes()
@@ -158,7 +158,7 @@ def test_a_failure_mid_save_leaves_the_previous_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["run.ckpt"]         # no temporary file left behind
     start = _start()
-    fresh = AdamW(start, lr=0.05, use_gpu=False)
+    fresh = AdamW(start, lr=0.05, **opt_kwargs)
     hyperopt.load(fresh, path)
     assert fresh.state[id(start[0])]["step"] == 2
 
@@ -167,7 +167,7 @@ _SAVER = """
 import sys, numpy as np, hyperopt
 from hyperopt import AdamW
 params = [np.full((512, 512), float(k), np.float32) for k in range(8)]
-opt = AdamW(params, use_gpu=False)
+opt = AdamW(params, **({"use_gpu": False} if sys.argv[2] == "cpu" else {"use_gpu": True, "device": sys.argv[2]}))
 opt.step(gradients=[np.ones_like(p) for p in params])
 print("saving", flush=True)
 while True:
@@ -177,12 +177,14 @@ while True:
 """
 
 
+@pytest.mark.no_launch   # the saving process is a child (it checks its own device through the file it writes)
 @pytest.mark.timeout(120)
-def test_killing_the_process_mid_save_leaves_a_loadable_file(tmp_path):
+def test_killing_the_process_mid_save_leaves_a_loadable_file(tmp_path, opt_kwargs):
     path = tmp_path / "run.ckpt"
     rng = np.random.default_rng(0)
     for trial in range(5):
-        child = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], env=_env(), stdout=subprocess.PIPE,
+        child = subprocess.Popen([sys.executable, "-c", _SAVER, str(path), opt_kwargs.get("device") or "cpu"],
+                                 env=_env(), stdout=subprocess.PIPE,
                                  text=True)
         try:
             assert child.stdout.readline().strip() == "saving"
@@ -194,7 +196,7 @@ def test_killing_the_process_mid_save_leaves_a_loadable_file(tmp_path):
         if not path.exists():          # killed before the first save completed: nothing to check yet
             continue
         params = [np.zeros((512, 512), np.float32) for _ in range(8)]
-        opt = AdamW(params, use_gpu=False)
+        opt = AdamW(params, **opt_kwargs)
         hyperopt.load(opt, path)        # a complete checkpoint, never a torn one
         base = params[0][0, 0]
         assert base > 0.5 and all(np.all(p == p.flat[0]) for p in params)   # saved after at least one edit
@@ -228,9 +230,9 @@ def test_the_crafted_payload_would_create_a_file_if_unpickled(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["object array in a checkpoint", "npz with an object array", "renamed pickle"])
-def test_crafted_files_run_nothing_and_are_refused(tmp_path, how):
+def test_crafted_files_run_nothing_and_are_refused(tmp_path, how, opt_kwargs):
     marker = tmp_path / "created-by-the-file"
-    opt, params = _adamw()
+    opt, params = _adamw(**opt_kwargs)
     path = tmp_path / "evil.ckpt"
     if how == "object array in a checkpoint":
         hyperopt.save(opt, tmp_path / "good.ckpt")
