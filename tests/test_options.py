@@ -345,3 +345,292 @@ def _check_hl(key, value, where, params, grads, opt_kwargs):
         np.testing.assert_allclose(np.ravel(hl.neuron_costate(gi)), pxi, rtol=RTOL, atol=ATOL)
         total_H += H
     assert hl.compute_hamiltonian(0.7, 0.7) == pytest.approx(total_H, rel=1e-5, abs=1e-7)
+
+
+# ---------------------------------------------------------------------------------- AutoHypergradientAdamW
+def ref_auto_group(ps, gss, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, hyper_lr=0.01,
+                   hyper_lr_beta=1.0, lr_min=1e-6, lr_max=1.0, adapt_momentum=False, beta_min=0.5,
+                   beta_max=0.9995, warmup_steps=10, amsgrad=False, maximize=False):
+    """One group of AutoHypergradientAdamW (SPEC §2.5, 7922440b: normaliser |d_{k-1}|^2, per group).
+    Returns parameters, the adapted lr and beta1."""
+    ps = [p.astype(np.float64) for p in ps]
+    m = [np.zeros_like(p) for p in ps]
+    v = [np.zeros_like(p) for p in ps]
+    vmax = [np.zeros_like(p) for p in ps]
+    d, norm, G_lr, G_b = None, 0.0, 1.0, 1.0
+    b1, b2 = betas
+    for k, gs in enumerate(gss):            # k: the group's steps before this one
+        gs = [(-g if maximize else g).astype(np.float64) for g in gs]
+        if k >= warmup_steps and norm > 1e-12:
+            h = min(max(-sum(float((g * dd).sum()) for g, dd in zip(gs, d)) / norm, -1.0), 1.0)
+            G_lr = 0.99 * G_lr + 0.01 * h * h
+            target = lr - hyper_lr * h / (math.sqrt(G_lr) + 1e-12)
+            if abs(target - lr) > 0.1 * lr:
+                target = lr + math.copysign(0.1 * lr, target - lr)
+            lr = min(max(target, lr_min), lr_max)
+            if adapt_momentum:
+                hb = min(max(sum(float((g * mm).sum()) for g, mm in zip(gs, m)) / norm, -1.0), 1.0)
+                G_b = 0.99 * G_b + 0.01 * hb * hb
+                b1 = min(max(b1 - hyper_lr_beta * hb / (math.sqrt(G_b) + 1e-12), beta_min), beta_max)
+        t = k + 1
+        d = []
+        for j, g in enumerate(gs):
+            ps[j] = ps[j] * (1 - lr * weight_decay)
+            m[j] = b1 * m[j] + (1 - b1) * g
+            v[j] = b2 * v[j] + (1 - b2) * g * g
+            vmax[j] = np.maximum(vmax[j], v[j])
+            second = vmax[j] if amsgrad else v[j]
+            d.append((m[j] / (1 - b1 ** t)) / (np.sqrt(second / (1 - b2 ** t)) + eps))
+            ps[j] = ps[j] - lr * d[j]
+        norm = sum(float((dd * dd).sum()) for dd in d)
+    return ps, lr, b1
+
+
+def ref_surprise(gss, warmup_steps=10, surprise_gamma=0.9, surprise_alpha=0.1, trauma_threshold=0.5):
+    """The surprise signal over all parameters (SPEC §2.5 step 2): (S, S_bar, gain, S history)."""
+    ema, var, S, S_bar, gain, hist = None, 0.0, 0.0, 0.0, 0.0, []
+    for k, gs in enumerate(gss):
+        if k < warmup_steps:
+            continue
+        gs = [g.astype(np.float64) for g in gs]
+        n2 = sum(float((g * g).sum()) for g in gs)
+        pe = sum(float(((g - (0 if ema is None else e)) ** 2).sum()) for g, e in zip(gs, ema or gs))
+        var = n2 if (var == 0.0 and k == warmup_steps) else surprise_gamma * var + (1 - surprise_gamma) * n2
+        S = math.tanh(pe / (var + 1e-12))
+        S_bar = surprise_alpha * S + (1 - surprise_alpha) * S_bar
+        gain = S_bar * math.exp(-S_bar / trauma_threshold)
+        hist.append(S)
+        ema = list(gs) if ema is None else [surprise_gamma * e + (1 - surprise_gamma) * g for e, g in zip(ema, gs)]
+    return S, S_bar, gain, hist
+
+
+# ---------------------------------------------------------------------------------------------- AutoSGM
+_SGM_DEFAULTS = {"lr_cfg": dict(aoptlr=True, lr_init=1e-2, num_lrc=0),
+                 "beta_cfg": dict(beta_n=0.9999, beta_a=0.999, beta_i=0.9, gamma_i=0.0, eta_i=0.0, debias=True),
+                 "rc_cfg": dict(rcm=0, inseq=0, x=0.0, n=2, m=1, tau=1000, spe=1, cfact=1, e=0.0),
+                 "wd_cfg": dict(wd=0.0, wd_lvl=0), "eps_cfg": dict(eps=1e-10)}
+
+
+def ref_window(t, rcm, inseq, x, n, m, tau, spe, cfact, e):
+    """W(t) of SPEC §3.5 (uniform sequence; epoch every spe steps), rcm 0-4, cfact 0, 1, 2."""
+    if rcm == 0:
+        return 1.0
+    u, L = (((t - 1) // spe + 1), tau) if cfact == 0 else (t, spe if cfact == 2 else tau * spe)
+    f = ((u - 1) % L) / L
+    if m == 0:
+        f = abs(2 * f - 1)
+    if f < e or e == 1:
+        return 1.0
+    f = (f - e) / (1 - e)
+    y = {1: lambda: math.cos(math.pi * f / 2) ** n, 2: lambda: (1 - f) ** n,
+         3: lambda: (n ** f - n) / (1 - n), 4: lambda: (1 - f ** n) ** 2}[rcm]()
+    return y * (1 - x) + x
+
+
+def _filter(s, x, b, c, h, t, debias):
+    """F[b, c, h] of SPEC §3.2: (output, new state)."""
+    a = h * x
+    y = (s + a) / (1.0 if t == 1 else 1 - c)
+    s = b * (s + a) - c * a
+    if debias:
+        y = y * ((1 - b) / h) / (1 - b ** t)
+    return y, s
+
+
+def ref_autosgm(p, gs, maximize=False, **cfg):
+    """One parameter of AutoSGM, element-wise path (SPEC §3.4 with the project's decisions:
+    no master copy, num_lrc=4's Huber prefilter applied, debiased with ``debias``)."""
+    c = {k: {**v, **cfg.get(k, {})} for k, v in _SGM_DEFAULTS.items()}
+    lr, be, rc, wd, eps = (c[k] for k in ("lr_cfg", "beta_cfg", "rc_cfg", "wd_cfg", "eps_cfg"))
+    eps = eps["eps"]
+    w = p.astype(np.float64)
+    w = np.where(np.abs(w) < eps, w + eps, w)
+    b_i, g_i, b_a, b_n, deb = be["beta_i"], be["gamma_i"], be["beta_a"], be["beta_n"], be["debias"]
+    eta_i = be["eta_i"] or 1 - b_i
+    eta_a = be["eta_i"] or 1 - b_a
+    nl = lr["num_lrc"] if lr["aoptlr"] else 0
+    s = {k: np.zeros_like(w) for k in ("sm", "var", "mag", "wsq", "pc", "pcx")}
+    lr_num = 0.0
+    for t, g in enumerate(gs, 1):
+        g = g.astype(np.float64)
+        if nl == 4:
+            mu, s["mag"] = _filter(s["mag"], np.abs(g), b_a, 0.0, 1 - b_a, t, deb)
+            g = np.sign(g) * np.minimum(np.abs(g), 4 * mu)
+        if wd["wd_lvl"] == 0:
+            g = g + wd["wd"] * w
+        v, s["sm"] = _filter(s["sm"], g, b_i, g_i, eta_i, t, deb)
+        if lr["aoptlr"]:
+            var, s["var"] = _filter(s["var"], (g + eps) ** 2, b_a, 0.0, eta_a, t, deb)
+            dd = np.sqrt(var) + eps
+        else:
+            dd = 1.0
+        v = v / dd
+        if wd["wd_lvl"] == 1:
+            v = v + (1 - b_i) / (1 - g_i) * wd["wd"] * w
+        W = ref_window(t, **rc)
+        if nl in (1, 2, 3):
+            cw, s["wsq"] = _filter(s["wsq"], w * w, b_n, 0.0, 1 - b_n, t, False)
+            if nl == 1:
+                r, s["pc"] = _filter(s["pc"], lr["lr_init"] * w * v, b_n, 0.0, 1.0, t, False)
+                e = np.minimum(np.abs(r), lr["lr_init"] * (cw + 1))
+            elif nl == 2:
+                xx = w * v
+                mu, s["pcx"] = _filter(s["pcx"], np.abs(xx), b_a, 0.0, 1 - b_a, t, False)
+                xt = np.sign(xx) * np.minimum(np.abs(xx), 4 * mu)
+                r, s["pc"] = _filter(s["pc"], lr["lr_init"] * xt / (cw + 1), b_n, 0.0, 1.0, t, False)
+                e = np.minimum(np.abs(r), lr["lr_init"] * (cw + 1))
+            else:
+                r, s["pc"] = _filter(s["pc"], lr["lr_init"] * (g / dd) ** 2, b_n, 0.0, 1 - b_n, t, False)
+                e = np.minimum(r, lr["lr_init"])
+            lr_num = 0.1 * lr_num + 0.9 * float(e.mean())
+            alpha = lr_num * W
+        else:
+            alpha = lr["lr_init"] * W
+        w = w + alpha * v if maximize else w - alpha * v
+    return w
+
+
+_RC = {"rcm": 1, "tau": 4}     # a cosine window short enough to act within four steps
+SGM_CASES = [
+    ("lr_cfg", {"aoptlr": False}), ("lr_cfg", {"lr_init": 0.05}), ("lr_cfg", {"num_lrc": 1}),
+    ("lr_cfg", {"num_lrc": 2}), ("lr_cfg", {"num_lrc": 3}), ("lr_cfg", {"num_lrc": 4}),
+    ("beta_cfg", {"beta_n": 0.5}), ("beta_cfg", {"beta_a": 0.5}), ("beta_cfg", {"beta_i": 0.5}),
+    ("beta_cfg", {"gamma_i": 0.4}), ("beta_cfg", {"eta_i": 0.3}), ("beta_cfg", {"debias": False}),
+    ("rc_cfg", _RC), *[("rc_cfg", {**_RC, **o}) for o in (
+        {"rcm": 2}, {"rcm": 3, "n": 0.5}, {"rcm": 4}, {"x": 0.5}, {"n": 4}, {"m": 0}, {"tau": 2}, {"spe": 2},
+        {"cfact": 0, "spe": 2}, {"cfact": 2, "spe": 3}, {"e": 0.5})],
+    ("wd_cfg", {"wd": 0.5}), ("wd_cfg", {"wd": 0.5, "wd_lvl": 1}), ("eps_cfg", {"eps": 0.3}),
+    ("maximize", True),
+]
+# Bases: the numerator's pole only acts with a numerator estimator, eta_i only without debias (the
+# debiasing divides it out), wd_lvl only with a decay, the window's fields only with a window.
+SGM_BASES = {("beta_cfg", "beta_n"): {"lr_cfg": {"num_lrc": 1}}, ("lr_cfg", "num_lrc"): {"lr_cfg": {"lr_init": 0.1}}, ("beta_cfg", "eta_i"): {"beta_cfg": {"debias": False}},
+             ("wd_cfg", "wd_lvl"): {"wd_cfg": {"wd": 0.5}}}
+
+
+def _sgm_base(key, value):
+    if key == "rc_cfg" and value != _RC:
+        return {"rc_cfg": _RC}
+    for field in (value if isinstance(value, dict) else ()):
+        if (key, field) in SGM_BASES:
+            return SGM_BASES[(key, field)]
+    return {}
+
+
+def _sgm_opts(base, change):
+    """base options with ``change`` merged field by field into the configs."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for k, v in change.items():
+        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) else v
+    return out
+
+
+@pytest.mark.parametrize("where", ["ctor", "group"])
+@pytest.mark.parametrize("key,value", SGM_CASES, ids=[f"{k}={v}" for k, v in SGM_CASES])
+def test_autosgm_option_matches_the_formula(key, value, where, opt_kwargs):
+    params, grads = _data()
+    if value == {"num_lrc": 4}:
+        # the Huber clip is at 4x the debiased mean magnitude, which includes the current gradient: it
+        # can only act after more than four steps, on a spike
+        small = [[0.1 * x for x in g] for g in grads + _data(1)[1]]
+        grads = small[:5] + [[30 * x for x in g] for g in _data(2)[1][:1]] + small[5:8]
+    nA = len(SHAPES_A)
+    base = _sgm_base(key, value)
+    change = {key: value}
+    ctor = _sgm_opts(base, change if where == "ctor" else {})
+    groups = [{"params": params[:nA]}, {"params": params[nA:], **(_sgm_opts(base, change) if where == "group" else {})}]
+    originals = [p.copy() for p in params]
+    opt = hyperopt.AutoSGM(groups, **ctor, **opt_kwargs)
+    for g in grads:
+        opt.step(gradients=g)
+    assert opt.backend.startswith("vulkan:" if opt_kwargs["use_gpu"] else "n")
+    for gi in (0, 1):
+        opts = _sgm_opts(base, change) if (where == "ctor" or gi == 1) else base
+        for j, p0 in _members(gi, originals):
+            gs = [g[j] for g in grads]
+            expect = ref_autosgm(p0, gs, **opts)
+            np.testing.assert_allclose(params[j], expect, rtol=RTOL, atol=ATOL, err_msg=f"group {gi} parameter {j}")
+            if opts != base:
+                assert not np.allclose(expect, ref_autosgm(p0, gs, **base), rtol=1e-4, atol=1e-5), \
+                    f"{key}={value} does not change the reference: a useless case"
+
+
+_AUTO_HYPER = {"warmup_steps": 1, "lr": 0.01}
+_AUTO_MOMENTUM = {**_AUTO_HYPER, "adapt_momentum": True}
+AUTO_CASES = [("hyper_lr", 3e-4, _AUTO_HYPER), ("lr_min", 0.02, _AUTO_HYPER), ("lr_max", 0.0085, _AUTO_HYPER),
+              ("warmup_steps", 3, _AUTO_HYPER), ("adapt_momentum", True, _AUTO_HYPER),
+              ("hyper_lr_beta", 0.01, _AUTO_MOMENTUM), ("beta_min", 0.95, {**_AUTO_MOMENTUM, "hyper_lr_beta": 0.01}),
+              ("beta_max", 0.6, _AUTO_MOMENTUM), ("amsgrad", True, {**_AUTO_HYPER, "betas": (0.9, 0.5)}),
+              ("maximize", True, _AUTO_HYPER)]
+
+
+@pytest.mark.parametrize("where", ["ctor", "group"])
+@pytest.mark.parametrize("key,value,base", AUTO_CASES, ids=[f"{k}={v}" for k, v, _ in AUTO_CASES])
+def test_auto_hypergradient_option_matches_the_formula(key, value, base, where, opt_kwargs):
+    params, grads = _data()
+    nA = len(SHAPES_A)
+    ctor = {**base, **({key: value} if where == "ctor" else {})}
+    groups = [{"params": params[:nA]}, {"params": params[nA:], **({**base, key: value} if where == "group" else {})}]
+    originals = [p.copy() for p in params]
+    opt = hyperopt.AutoHypergradientAdamW(groups, **ctor, **opt_kwargs)
+    for g in grads:
+        opt.step(gradients=g)
+    assert opt.backend.startswith("vulkan:" if opt_kwargs["use_gpu"] else "n")
+    for gi in (0, 1):
+        opts = {**base, **({key: value} if (where == "ctor" or gi == 1) else {})}
+        members = _members(gi, originals)
+        args = ([p for _, p in members], [[g[j] for j, _ in members] for g in grads])
+        ps, lr, b1 = ref_auto_group(*args, **opts)
+        for (j, _), e in zip(members, ps):
+            np.testing.assert_allclose(params[j], e, rtol=RTOL, atol=ATOL, err_msg=f"group {gi} parameter {j}")
+        assert opt.param_groups[gi]["lr"] == pytest.approx(lr, rel=1e-5)
+        assert opt.param_groups[gi]["betas"][0] == pytest.approx(b1, rel=1e-5)
+        if opts != base:
+            d_ps, d_lr, d_b1 = ref_auto_group(*args, **base)
+            assert (any(not np.allclose(e, d, rtol=1e-4, atol=1e-5) for e, d in zip(ps, d_ps))
+                    or not math.isclose(lr, d_lr, rel_tol=1e-4) or not math.isclose(b1, d_b1, rel_tol=1e-4)), \
+                f"{key}={value} does not change the reference: a useless case"
+
+
+SURPRISE_CASES = [("track_surprise", True), ("surprise_gamma", 0.3), ("surprise_alpha", 0.7),
+                  ("trauma_threshold", 0.05), ("warmup_steps", 2)]
+
+
+@pytest.mark.parametrize("key,value", SURPRISE_CASES, ids=[f"{k}={v}" for k, v in SURPRISE_CASES])
+def test_auto_hypergradient_surprise_options(key, value, opt_kwargs):
+    """The optimizer-wide surprise options (constructor only), against SPEC §2.5's surprise signal."""
+    params, grads = _data()
+    base = {"warmup_steps": 0} if key == "track_surprise" else {"warmup_steps": 0, "track_surprise": True}
+    opts = {**base, key: value}
+    opt = hyperopt.AutoHypergradientAdamW(params, **opts, **opt_kwargs)
+    for g in grads:
+        opt.step(gradients=g)
+    assert opt.backend.startswith("vulkan:" if opt_kwargs["use_gpu"] else "n")
+
+    def ref(o):
+        if not o.get("track_surprise"):
+            return 0.0, 0.0, 0.0, []
+        return ref_surprise(grads, **{k: v for k, v in o.items() if k != "track_surprise"})
+    S, S_bar, gain, hist = ref(opts)
+    assert opt.current_surprise == pytest.approx(S, rel=1e-5, abs=1e-9)
+    assert opt.accumulated_surprise == pytest.approx(S_bar, rel=1e-5, abs=1e-9)
+    assert opt.current_surprise_gain == pytest.approx(gain, rel=1e-5, abs=1e-9)
+    assert opt.surprise_history == pytest.approx(hist, rel=1e-5, abs=1e-9)
+    dS, dS_bar, dgain, dhist = ref(base)
+    assert (not math.isclose(gain, dgain, rel_tol=1e-4) or not math.isclose(S_bar, dS_bar, rel_tol=1e-4)
+            or len(hist) != len(dhist)), f"{key}={value} does not change the reference: a useless case"
+
+
+@pytest.mark.parametrize("history_size", [0, 2, None])
+def test_auto_hypergradient_history_size(history_size, opt_kwargs):
+    params, grads = _data()
+    opt = hyperopt.AutoHypergradientAdamW(params, **{**_AUTO_MOMENTUM, "warmup_steps": 0}, track_surprise=True,
+                                          history_size=history_size, **opt_kwargs)
+    for g in grads:
+        opt.step(gradients=g)
+    # lr and beta1: the initial value and 3 adaptations (steps 2-4); surprise: 4 steps
+    full = {"lr": 4, "beta1": 4, "surprise": 4}
+    want = {k: n if history_size is None else min(n, history_size) for k, n in full.items()}
+    assert len(opt.history(0)["lr"]) == want["lr"] and len(opt.lr_history) == want["lr"]
+    assert len(opt.history(0)["beta1"]) == want["beta1"]
+    assert len(opt.surprise_history) == want["surprise"] == len(opt.s_bar_history)
