@@ -634,3 +634,95 @@ def test_auto_hypergradient_history_size(history_size, opt_kwargs):
     assert len(opt.history(0)["lr"]) == want["lr"] and len(opt.lr_history) == want["lr"]
     assert len(opt.history(0)["beta1"]) == want["beta1"]
     assert len(opt.surprise_history) == want["surprise"] == len(opt.s_bar_history)
+
+
+def _ref_inv_sqrt(m, eps, steps=5):
+    """(m + eps I)^(-1/2) as SPEC §3.6 computes it: Frobenius-normalised, then 5 rounds of the cubic
+    coupled iteration P = (15 I - 10 Y + 3 Y^2)/8, X <- X P, Y <- Y P^2."""
+    eye = np.eye(m.shape[0])
+    a = m + eps * eye
+    norm = np.linalg.norm(a)
+    y, x = a / norm, eye
+    for _ in range(steps):
+        p = (15 * eye - 10 * y + 3 * y @ y) / 8
+        x, y = x @ p, y @ p @ p
+    return x / math.sqrt(norm)
+
+
+def ref_autosgm_mix(p, gs, maximize=False, **cfg):
+    """One parameter of AutoSGM on the matrix path (SPEC §3.6; the project keeps the numerator's two
+    norms in separate averages), or the element-wise path when mix is off."""
+    mix = {"mix": False, "avg": False, "lr_init": 1e-2, "beta": 0.95, "gamma": 0.0, **cfg.get("mix_cfg", {})}
+    cfg = {k: v for k, v in cfg.items() if k != "mix_cfg"}
+    if not mix["mix"] or p.ndim < 2:
+        return ref_autosgm(p, gs, maximize, **cfg)
+    c = {k: {**v, **cfg.get(k, {})} for k, v in _SGM_DEFAULTS.items()}
+    lr, wd, eps = c["lr_cfg"], c["wd_cfg"], c["eps_cfg"]["eps"]
+    w = p.astype(np.float64).reshape(p.shape[0], -1)
+    w = np.where(np.abs(w) < eps, w + eps, w)
+    flip = w.shape[0] > w.shape[1]
+    w = w.T if flip else w
+    s, avg = 0.0, {"M": 0.0, "c": 0.0, "cw": 0.0}
+
+    def average(key, value):
+        y = avg[key] + 0.5 * value
+        avg[key] = 0.5 * y
+        return y
+    for t, g in enumerate(gs, 1):
+        g = g.astype(np.float64).reshape(p.shape[0], -1)
+        g = g.T if flip else g
+        x = g + wd["wd"] * w if wd["wd_lvl"] == 0 else g
+        v, s = _filter(s, x, mix["beta"], mix["gamma"], 1.0, t, False)
+        M = v @ v.T
+        if mix["avg"]:
+            M = average("M", M)
+        v = _ref_inv_sqrt(M, eps) @ v
+        if wd["wd_lvl"] == 1:
+            v = v + (1 - mix["beta"]) / (1 - mix["gamma"]) * wd["wd"] * w
+        W = ref_window(t, **c["rc_cfg"])
+        if lr["aoptlr"] and lr["num_lrc"] in (1, 2):
+            cv, cw = lr["lr_init"] * np.linalg.norm(w @ v.T), lr["lr_init"] * np.linalg.norm(w @ w.T)
+            if mix["avg"]:
+                cv, cw = average("c", cv), average("cw", cw)
+            alpha = min(max(cv, eps), min(max(cw, eps), lr["lr_init"])) * W
+        else:
+            alpha = mix["lr_init"] * W
+        w = w + alpha * v if maximize else w - alpha * v
+    return (w.T if flip else w).reshape(p.shape)
+
+
+_MIX = {"mix": True}
+MIX_CASES = [("mix_cfg", _MIX, {}), *[("mix_cfg", {**_MIX, **o}, {"mix_cfg": _MIX}) for o in (
+    {"avg": True}, {"lr_init": 0.05}, {"beta": 0.5}, {"gamma": 0.4})],
+    ("lr_cfg", {"num_lrc": 1}, {"mix_cfg": {**_MIX, "lr_init": 0.05}}),   # the parcor numerator, capped at lr_init
+    ("mix_cfg", {**_MIX, "avg": True}, {"mix_cfg": _MIX, "lr_cfg": {"num_lrc": 1}}),
+    ("wd_cfg", {"wd": 0.5}, {"mix_cfg": _MIX}), ("wd_cfg", {"wd": 0.5, "wd_lvl": 1}, {"mix_cfg": _MIX, "wd_cfg": {"wd": 0.5}}),
+    ("maximize", True, {"mix_cfg": _MIX})]
+
+
+@pytest.mark.parametrize("where", ["ctor", "group"])
+@pytest.mark.parametrize("key,value,base", MIX_CASES, ids=[f"{k}={v}-base{b}" for k, v, b in MIX_CASES])
+def test_autosgm_mix_option_matches_the_formula(key, value, base, where, opt_kwargs):
+    """mix_cfg: the host's matrix path, for 2-D views with both sides in [4, 2048] (and a 1-D
+    parameter beside them, which stays on the element-wise path)."""
+    rng = np.random.default_rng(3)
+    shapes_a, shapes_b = [(6, 4), (3,)], [(4, 5)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes_a + shapes_b]
+    grads = [[(c * rng.standard_normal(s)).astype(np.float32) for s in shapes_a + shapes_b] for c in (3.0, 1.0, 0.3, 0.1)]
+    change = {key: value}
+    ctor = _sgm_opts(base, change if where == "ctor" else {})
+    groups = [{"params": params[:2]}, {"params": params[2:], **(_sgm_opts(base, change) if where == "group" else {})}]
+    originals = [p.copy() for p in params]
+    opt = hyperopt.AutoSGM(groups, **ctor, **opt_kwargs)
+    for g in grads:
+        opt.step(gradients=g)
+    assert opt.backend.startswith("vulkan:" if opt_kwargs["use_gpu"] else "n")
+    for gi, members in ((0, (0, 1)), (1, (2,))):
+        opts = _sgm_opts(base, change) if (where == "ctor" or gi == 1) else base
+        for j in members:
+            gs = [g[j] for g in grads]
+            expect = ref_autosgm_mix(originals[j], gs, **opts)
+            np.testing.assert_allclose(params[j], expect, rtol=1e-4, atol=1e-5, err_msg=f"group {gi} parameter {j}")
+            if opts != base and originals[j].ndim == 2:
+                assert not np.allclose(expect, ref_autosgm_mix(originals[j], gs, **base), rtol=1e-3, atol=1e-4), \
+                    f"{key}={value} does not change the reference: a useless case"
