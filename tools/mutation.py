@@ -35,6 +35,12 @@ ASGM = ["tests/test_autosgm.py", "tests/test_schedules.py", "tests/test_windows_
 STATE = ["tests/test_state_dict.py", "tests/test_adamw.py", "tests/test_hysterograd.py", "tests/test_hamiltonian.py",
          "-k", "state or resume or load"]
 CORE = ["tests/test_adamw.py", "tests/test_state_dict.py"]
+# The fused bodies against their NumPy twins, bit for bit (tests/test_fused.py), one kernel each.
+FUSED_ADAMW = ["tests/test_fused.py", "-k", "kernel_bits and adamw_update and f32"]
+FUSED_DOT = ["tests/test_fused.py", "-k", "kernel_bits and reduce_dot and f32"]
+FUSED_HYST = ["tests/test_fused.py", "-k", "kernel_bits and natural_gradient and f32"]
+FUSED_HL = ["tests/test_fused.py", "-k", "kernel_bits and hamiltonian_euler and f32"]
+FUSED_HYPER = ["tests/test_fused.py", "-k", "kernel_bits and hypergradient_direction and f32"]
 SELECT = ["tests/test_adamw.py", "tests/test_vulkan_backend.py", "tests/test_options.py", "-k", "AdamW or submit or adamw"]
 
 # (id, file, old text, new text, tests, what the bug is)
@@ -78,6 +84,26 @@ MUTANTS = [
      "hypergradient direction with eps inside the sqrt"),
     ("glsl-autosgm-eps-inside", "shaders/autosgm-front.glsli", "d = sqrt(q * s.moment_scale) + s.eps;",
      "d = sqrt(q * s.moment_scale + s.eps);", ASGM, "AutoSGM shader eps inside the sqrt"),
+    # ---- fused CPU bodies (numba; a changed source recompiles)
+    ("fused-adamw-bias2", "hyperopt/kernels/adamw.py", "denom = np.sqrt(v) / bias_correction2_sqrt + eps",
+     "denom = np.sqrt(v) + eps", FUSED_ADAMW, "fused AdamW without the second moment's bias correction"),
+    ("fused-reduce-dot-lane", "hyperopt/kernels/reductions.py",
+     "lanes[0, i % 8] += np.float64(a[i]) * np.float64(b[i])",
+     "lanes[0, (i + 1) % 8] += np.float64(a[i]) * np.float64(b[i])", FUSED_DOT,
+     "fused dot product adds into the next lane (sum order differs from the twin)"),
+    ("fused-hyst-metric-assoc", "hyperopt/kernels/hysterograd.py", "m = metric[i] * beta + (metric_gain * g) * g",
+     "m = metric[i] * beta + metric_gain * (g * g)", FUSED_HYST,
+     "fused HysteroGrad metric update reassociated (rounding differs from the twin)"),
+    ("fused-hyst-norm-f32", "hyperopt/kernels/hysterograd.py",
+     "c = np.float64(g / (metric_root_fused(m, metric_power) + eps))",
+     "c = g / (metric_root_fused(m, metric_power) + eps)", FUSED_HYST,
+     "fused HysteroGrad squares the step in float32 before the float64 sum"),
+    ("fused-hl-order", "hyperopt/kernels/hamiltonian.py", "        if costate_first != 0:\n",
+     "        if costate_first == 0:\n", FUSED_HL, "fused HL: local / non-local costate orders swapped"),
+    ("fused-hyper-direction-bc1", "hyperopt/kernels/hypergradient.py",
+     "d = (exp_avg[i] / bias_correction1) / (np.sqrt(second / bias_correction2) + eps)",
+     "d = exp_avg[i] / (np.sqrt(second / bias_correction2) + eps)", FUSED_HYPER,
+     "fused hypergradient direction without the first moment's bias correction"),
     # ---- host control logic
     ("host-hyst-group-clip", "hyperopt/hysterograd.py", 'group["lr"], group["grad_clip"] or 0.0,',
      'group["lr"], self.defaults["grad_clip"] or 0.0,', HYST, "a group's own grad_clip ignored"),
