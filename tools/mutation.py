@@ -35,12 +35,15 @@ ASGM = ["tests/test_autosgm.py", "tests/test_schedules.py", "tests/test_windows_
 STATE = ["tests/test_state_dict.py", "tests/test_adamw.py", "tests/test_hysterograd.py", "tests/test_hamiltonian.py",
          "-k", "state or resume or load"]
 CORE = ["tests/test_adamw.py", "tests/test_state_dict.py"]
-# The fused bodies against their NumPy twins, bit for bit (tests/test_fused.py), one kernel each.
-FUSED_ADAMW = ["tests/test_fused.py", "-k", "kernel_bits and adamw_update and f32"]
-FUSED_DOT = ["tests/test_fused.py", "-k", "kernel_bits and reduce_dot and f32"]
-FUSED_HYST = ["tests/test_fused.py", "-k", "kernel_bits and natural_gradient and f32"]
-FUSED_HL = ["tests/test_fused.py", "-k", "kernel_bits and hamiltonian_euler and f32"]
-FUSED_HYPER = ["tests/test_fused.py", "-k", "kernel_bits and hypergradient_direction and f32"]
+# The fused bodies against their NumPy twins, bit for bit (tests/test_fused.py), one kernel each.  A
+# leading NAME=value item goes to the environment: these selections have no Vulkan test, so the
+# session's "no Vulkan test passed" check (HYPEROPT_REQUIRE_VULKAN=1) is turned off by HYPEROPT_ONLY_CPU.
+CPU_ONLY = "HYPEROPT_ONLY_CPU=1"
+FUSED_ADAMW = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and adamw_update and f32"]
+FUSED_DOT = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and reduce_dot and f32"]
+FUSED_HYST = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and natural_gradient and f32"]
+FUSED_HL = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and hamiltonian_euler and f32"]
+FUSED_HYPER = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and hypergradient_direction and f32"]
 SELECT = ["tests/test_adamw.py", "tests/test_vulkan_backend.py", "tests/test_options.py", "-k", "AdamW or submit or adamw"]
 
 # (id, file, old text, new text, tests, what the bug is)
@@ -164,10 +167,20 @@ def _copy_tree(dest: Path):
     shutil.copytree(ROOT / "hyperopt" / "spirv", dest / "hyperopt" / "spirv", dirs_exist_ok=True)
 
 
-def baseline(work: Path, tests, timeout: float) -> bool:
-    """Whether a test selection passes on the unmutated tree (else its kills would mean nothing)."""
+def _env_and_args(work: Path, tests):
+    """The environment and pytest arguments of a selection (leading NAME=value items set variables)."""
     env = dict(os.environ, PYTHONPATH=str(work), HYPEROPT_REQUIRE_VULKAN="1", HYPEROPT_VULKAN_VALIDATION="1",
                HYPEROPT_SKIP_HUGE="1")
+    tests = list(tests)
+    while tests and "=" in tests[0] and not tests[0].startswith("-"):
+        name, value = tests.pop(0).split("=", 1)
+        env[name] = value
+    return env, tests
+
+
+def baseline(work: Path, tests, timeout: float) -> bool:
+    """Whether a test selection passes on the unmutated tree (else its kills would mean nothing)."""
+    env, tests = _env_and_args(work, tests)
     try:
         return subprocess.run([PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=work, env=env,
                               capture_output=True, timeout=timeout).returncode == 0
@@ -184,8 +197,7 @@ def run_one(work: Path, mutant, timeout: float) -> tuple[str, float, str]:
     spirv = work / "hyperopt" / "spirv"
     saved_spirv = {p.name: p.read_bytes() for p in spirv.iterdir()} if rel.startswith("shaders/") else None
     path.write_text(text.replace(old, new))
-    env = dict(os.environ, PYTHONPATH=str(work), HYPEROPT_REQUIRE_VULKAN="1", HYPEROPT_VULKAN_VALIDATION="1",
-               HYPEROPT_SKIP_HUGE="1")
+    env, tests = _env_and_args(work, tests)
     t0 = time.monotonic()
     try:
         if saved_spirv is not None:
