@@ -415,6 +415,8 @@ def ref_window(t, rcm, inseq, x, n, m, tau, spe, cfact, e):
     """W(t) of SPEC §3.5 (uniform sequence; epoch every spe steps), rcm 0-4, cfact 0, 1, 2."""
     if rcm == 0:
         return 1.0
+    if inseq == 1:
+        return _ref_kronecker_window(t, rcm, x, n, m, tau, spe, cfact, e)
     u, L = (((t - 1) // spe + 1), tau) if cfact == 0 else (t, spe if cfact == 2 else tau * spe)
     f = ((u - 1) % L) / L
     if m == 0:
@@ -425,6 +427,26 @@ def ref_window(t, rcm, inseq, x, n, m, tau, spe, cfact, e):
     y = {1: lambda: math.cos(math.pi * f / 2) ** n, 2: lambda: (1 - f) ** n,
          3: lambda: (n ** f - n) / (1 - n), 4: lambda: (1 - f ** n) ** 2}[rcm]()
     return y * (1 - x) + x
+
+
+def _ref_kronecker_window(t, rcm, x, n, m, tau, spe, cfact, e):
+    """inseq=1 (SPEC §3.5, WINF_II of 4520f6c) for cfact 1, rcm 1, 3, 4: per frame, the shape at the
+    golden-ratio points frac(j phi), sorted ascending, the flat top's ones appended, for a full
+    window a descending copy appended; step tc of the frame takes element -1 - tc."""
+    assert cfact == 1 and rcm in (1, 3, 4)
+    L = tau * spe
+    b = 2 if m == 0 else 1
+    cove = int(e * L / b)
+    gen = int(L / b - cove)
+    if b * (gen + cove) < L:
+        cove += 1
+    phi = (math.sqrt(5) - 1) / 2
+    shape = {1: lambda f: math.cos(math.pi * f / 2) ** n, 3: lambda f: (n ** f - n) / (1 - n),
+             4: lambda f: (1 - f ** n) ** 2}[rcm]
+    frame = sorted(shape((j * phi) % 1.0) for j in range(gen)) + [1.0] * cove
+    if m == 0:
+        frame = frame + sorted(frame, reverse=True)
+    return frame[-1 - (t - 1) % L] * (1 - x) + x
 
 
 def _filter(s, x, b, c, h, t, debias):
@@ -498,7 +520,8 @@ SGM_CASES = [
     ("beta_cfg", {"gamma_i": 0.4}), ("beta_cfg", {"eta_i": 0.3}), ("beta_cfg", {"debias": False}),
     ("rc_cfg", _RC), *[("rc_cfg", {**_RC, **o}) for o in (
         {"rcm": 2}, {"rcm": 3, "n": 0.5}, {"rcm": 4}, {"x": 0.5}, {"n": 4}, {"m": 0}, {"tau": 2}, {"spe": 2},
-        {"cfact": 0, "spe": 2}, {"cfact": 2, "spe": 3}, {"e": 0.5})],
+        {"cfact": 0, "spe": 2}, {"cfact": 2, "spe": 3}, {"e": 0.5}, {"inseq": 1}, {"inseq": 1, "m": 0},
+        {"inseq": 1, "tau": 3, "x": 0.2})],
     ("wd_cfg", {"wd": 0.5}), ("wd_cfg", {"wd": 0.5, "wd_lvl": 1}), ("eps_cfg", {"eps": 0.3}),
     ("maximize", True),
 ]
