@@ -160,7 +160,7 @@ MUTANTS = [
      "use_gpu=True silently runs the CPU path"),
     ("vulkan-no-param-upload", "hyperopt/backends/vulkan/backend.py", "                view[slices[i]] = params[i].reshape(-1)",
      "                pass", ["tests/test_autosgm.py", "-k", "edits"],
-     "AutoSGM's in-place edits lost on Vulkan (the only user of upload_params today)"),
+     "the parameter upload dropped on Vulkan (in-place edits lost)"),
 ]
 
 
