@@ -39,6 +39,8 @@ CORE = ["tests/test_adamw.py", "tests/test_state_dict.py"]
 # leading NAME=value item goes to the environment: these selections have no Vulkan test, so the
 # session's "no Vulkan test passed" check (HYPEROPT_REQUIRE_VULKAN=1) is turned off by HYPEROPT_ONLY_CPU.
 CPU_ONLY = "HYPEROPT_ONLY_CPU=1"
+# The NumPy twins run only where the CPU path uses them: the default CPU kernels are the fused ones.
+TWINS = "HYPEROPT_CPU_KERNELS=numpy"
 FUSED_ADAMW = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and adamw_update and f32"]
 FUSED_DOT = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and reduce_dot and f32"]
 FUSED_HYST = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and natural_gradient and f32"]
@@ -50,25 +52,25 @@ SELECT = ["tests/test_adamw.py", "tests/test_vulkan_backend.py", "tests/test_opt
 MUTANTS = [
     # ---- NumPy twins
     ("twin-adamw-eps-order", "hyperopt/kernels/adamw.py", "    denom /= bias_correction2_sqrt\n    denom += eps",
-     "    denom += eps\n    denom /= bias_correction2_sqrt", ADAMW, "eps added before the bias correction"),
+     "    denom += eps\n    denom /= bias_correction2_sqrt", [TWINS, *ADAMW], "eps added before the bias correction"),
     ("twin-adamw-amsgrad-min", "hyperopt/kernels/adamw.py", "np.maximum(max_exp_avg_sq, exp_avg_sq",
-     "np.minimum(max_exp_avg_sq, exp_avg_sq", ADAMW, "amsgrad keeps the minimum"),
+     "np.minimum(max_exp_avg_sq, exp_avg_sq", [TWINS, *ADAMW], "amsgrad keeps the minimum"),
     ("twin-hyst-clip-eps", "hyperopt/kernels/hysterograd.py", "_CLIP_EPS = _F32(1e-6)", "_CLIP_EPS = _F32(1e-3)",
-     HYST, "clip epsilon 1e-3 instead of 1e-6"),
+     [TWINS, *HYST], "clip epsilon 1e-3 instead of 1e-6"),
     ("twin-hyst-energy-eps", "hyperopt/kernels/hysterograd.py", "_ENERGY_EPS = _F32(1e-8)",
-     "_ENERGY_EPS = _F32(0.0)", HYST, "adaptive barrier without its epsilon"),
+     "_ENERGY_EPS = _F32(0.0)", [TWINS, *HYST], "adaptive barrier without its epsilon"),
     ("twin-hyst-strict", "hyperopt/kernels/hysterograd.py", "1.0 if n_eff > threshold else 0.0",
-     "1.0 if n_eff >= threshold else 0.0", HYST, "Liquid when n_eff == h (upstream: strict)"),
+     "1.0 if n_eff >= threshold else 0.0", [TWINS, *HYST], "Liquid when n_eff == h (upstream: strict)"),
     ("twin-hyst-cooling-after", "hyperopt/kernels/hysterograd.py", "temp = r[CTL_TEMP] * cooling",
-     "temp = r[CTL_TEMP]", HYST, "temperature never cools"),
+     "temp = r[CTL_TEMP]", [TWINS, *HYST], "temperature never cools"),
     ("twin-hl-order", "hyperopt/kernels/hamiltonian.py", "    if costate_first:\n", "    if not costate_first:\n",
-     HL, "local / non-local orders swapped"),
+     [TWINS, *HL], "local / non-local orders swapped"),
     ("twin-hash-column-bit", "hyperopt/kernels/natural_grad.py", "(h >> np.uint32(int(bit0) + j))",
-     "(h >> np.uint32(int(bit0) + j + 1))", NAT, "hash projection reads the next bit"),
+     "(h >> np.uint32(int(bit0) + j + 1))", [TWINS, *NAT], "hash projection reads the next bit"),
     ("twin-hash-sign", "hyperopt/kernels/natural_grad.py", "out[j] = 1.0 - 2.0 * bit.astype(np.float32)",
-     "out[j] = 2.0 * bit.astype(np.float32) - 1.0", NAT, "hash signs flipped (P -> -P)"),
+     "out[j] = 2.0 * bit.astype(np.float32) - 1.0", [TWINS, *NAT], "hash signs flipped (P -> -P)"),
     ("twin-autosgm-eps-inside", "hyperopt/kernels/autosgm.py", "        np.sqrt(d, out=d)\n        d += eps",
-     "        d += eps\n        np.sqrt(d, out=d)", ASGM, "AutoSGM's eps inside the square root"),
+     "        d += eps\n        np.sqrt(d, out=d)", [TWINS, *ASGM], "AutoSGM's eps inside the square root"),
     # ---- shaders (recompiled)
     ("glsl-adamw-amsgrad-old-v", "shaders/adamw-update.glsl", "v_new = max(v_max, v_new);", "v_new = max(v_max, v);",
      ADAMW, "amsgrad compares with the previous v"),
