@@ -417,18 +417,15 @@ class DistributedBackend:
         return sums
 
     def _run_fused_blocks(self, kernel, names, table, items):
-        """The kernel's fused body (numba), one serial driver call per block of this rank's shard:
-        each call's sums start from 0.0, so they are that block's partial, the twins' bits."""
-        from .backends.numba_backend import _driver
-        drive = _driver(kernel, False)
-        out = np.zeros((len(self._params), len(kernel.sums)), np.float64)
-        parts = []
-        for i, _, sl in items:
+        """The kernel's fused body (numba) on the blocks of this rank's shard, one compiled call:
+        each block's sums start from 0.0, so they are that block's partial, the twins' bits."""
+        from .backends.numba_backend import run_pieces
+        pieces, rows = [], []
+        for i, (_, kw), sl in items:
             flat = [self._piece(n, i).reshape(-1) for n in names]
-            views = tuple(f[sl] for f in flat) if sl is not None else tuple(flat)
-            drive(views[0].size, views, table, i, self._ctl, out)
-            parts.append(out[i].copy())
-        return parts
+            pieces.append([f[sl] for f in flat] if sl is not None else flat)
+            rows.append([kw[name] for name in kernel.scalars])
+        return list(run_pieces(kernel, pieces, rows, self._ctl)) if pieces else []
 
     def _gather_params(self):
         pieces = [[(i, a, b) for i, a, b in pc if i in self._grads] for pc in self.layout.pieces]

@@ -408,7 +408,13 @@ class Optimizer:
             elif id(_root(g)) in roots and _shares_any(g, arrays):
                 g = g.copy()                 # the update writes the parameters while it reads g
             grads[i] = g
-        _check_magnitudes(grads, arrays)
+        compiled_check = getattr(self._backend, "check_gradients", None)   # the fused backend's one pass
+        if compiled_check is None:
+            _check_magnitudes(grads, arrays)
+        else:
+            bad = compiled_check(grads, _square_limit_of_dtype)
+            if bad is not None:
+                _refuse_gradient(bad, grads[bad], arrays)
         return grads
 
     # ------------------------------------------------------------------ state
@@ -605,10 +611,24 @@ _SQUARE_LIMITS: dict = {}
 
 
 def _square_limit(dtype) -> float:
-    """The largest magnitude whose square is finite in ``dtype``."""
+    """The largest magnitude whose square is finite in ``dtype`` (a Python float)."""
     limit = _SQUARE_LIMITS.get(dtype)
     if limit is None:
         limit = _SQUARE_LIMITS[dtype] = math.sqrt(float(np.finfo(dtype).max)) if dtype.kind == "f" else math.inf
+    return limit
+
+
+def _square_limit_of_dtype(dtype):
+    """``_square_limit`` as a value of ``dtype`` itself, rounded down: comparing an element with it in
+    its own precision decides exactly as comparing in double does."""
+    key = ("own", dtype)
+    limit = _SQUARE_LIMITS.get(key)
+    if limit is None:
+        exact = _square_limit(dtype)
+        limit = dtype.type(exact)
+        if float(limit) > exact:
+            limit = np.nextafter(limit, dtype.type(0))
+        _SQUARE_LIMITS[key] = limit
     return limit
 
 

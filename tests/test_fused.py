@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ def _run_kernel(backend, name, bufs, row, ctl):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ELEMENTWISE_KERNELS)
 def test_kernel_bits_match_numpy_twin(name, dtype):
-    rng = np.random.default_rng(abs(hash(name)) % 1000)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))   # the same cases in every run
     ctl = np.array([0.0, -0.01, 0, 0, 0, 1.0, 0.7, 0], np.float32)      # liquid, clip 0.7; alpha at 1
     for n in SIZES:
         for trial in range(3 if n < CHUNK else 1):

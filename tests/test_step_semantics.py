@@ -460,8 +460,8 @@ for name in NAMES:
         t0 = time.perf_counter(); opt.step(gradients=grads[1]); per_step = time.perf_counter() - t0
         done = 2
         timer = threading.Timer(per_step * rng.uniform(0.5, 6), os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
         try:
+            timer.start()              # inside: a fast step's timer may fire before start() returns
             while done < 60:
                 opt.step(gradients=grads[done % 4])
                 done += 1

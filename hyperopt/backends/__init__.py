@@ -126,16 +126,20 @@ def cpu_backend():
 
 def fit_backend(backend, arrays):
     """``backend``, or the CPU path where it cannot update ``arrays`` (float64 parameters on a device
-    without shaderFloat64, mixed float32/float64 parameters on Vulkan): then a ``RuntimeWarning``
-    once per reason (at the caller's line) and a CPU backend carrying over the state already kept."""
+    without shaderFloat64, mixed float32/float64 parameters on Vulkan; float16 ones have no fused
+    kernels): then a ``RuntimeWarning`` once per reason (at the caller's line) and a CPU backend
+    carrying over the state already kept."""
     reason = getattr(backend, "unsupported", lambda arrays: None)(arrays)
     if reason is None:
         return backend
+    cpu = cpu_backend()
+    if getattr(cpu, "unsupported", lambda arrays: None)(arrays) is not None:
+        cpu = NumpyBackend()
     if reason not in _told:
         _told.add(reason)
-        warnings.warn(f"{reason}: this optimizer runs on the CPU path (opt.backend says so)", RuntimeWarning,
+        where = "the NumPy kernels" if backend.name == "numba" else "the CPU path"
+        warnings.warn(f"{reason}: this optimizer runs on {where} (opt.backend says so)", RuntimeWarning,
                       stacklevel=caller_stacklevel())
-    cpu = cpu_backend()
     if backend.buffers and getattr(backend, "_params", None):
         cpu.bind(backend._params, backend.buffers)
         for i in range(len(backend._params)):

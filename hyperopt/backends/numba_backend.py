@@ -1,25 +1,34 @@
 """The fused CPU backend: each elementwise kernel's fused body, compiled by numba, in one pass.
 
 Same interface and state layout as the NumPy backend (it only replaces how elementwise kernels
-run).  A kernel's run is one compiled call per parameter: its blocks of ``CHUNK`` elements (counted
-from the parameter's start) go to numba's threads, each block's sums are totalled from its lanes,
-then the block partials are added in block order, so the sums are the NumPy twins' bits whatever
-the thread count.  One-block parameters take a serial build of the same code (no thread launch).
+run).  A kernel's run is one compiled call for all its parameters: the work is a list of items,
+each a whole small parameter or one block of ``CHUNK`` elements (counted from the parameter's
+start) of a large one, shared out over numba's threads; each item's sums are totalled from its
+lanes, then a parameter's block partials are added in block order, so the sums are the NumPy twins'
+bits whatever the thread count.  The compiled code reaches each parameter's buffers through their
+addresses (a table of pointers, one row per parameter), so one call serves any number of tensors;
+runs too small to share out take a serial build of the same code (no thread launch).
+
+Gradients are checked (finite, squares finite) by a compiled pass too, before anything moves
+(``check_gradients``), sharing the pointer table the run then uses.
 
 Compilation is lazy (numba is imported when the first optimizer picks this backend, kernels are
 compiled at their first run) and cached on disk in ``NUMBA_CACHE_DIR``, which defaults here to
 ``$XDG_CACHE_HOME/hyperopt/numba``; where that cannot be written, kernels compile in memory each
 process.
 
-Threads and processes: numba's ``workqueue`` layer (the one that survives ``fork``) is used unless
-``NUMBA_THREADING_LAYER`` says otherwise; it must never run two parallel regions at once, so one
-lock serialises them (optimizers stepping in several threads take turns for their parallel
-kernels; serial ones run freely).  The lock is renewed in a forked child.
+Threads and processes: numba's ``tbb`` threading layer (PyPI ``tbb``, installed with the ``numba``
+extra where wheels exist) is thread-safe and fork-safe and starts a parallel region in
+microseconds.  Without it, ``workqueue`` (the one other layer that survives ``fork``) is used, and
+since it must never run two parallel regions at once, one lock serialises them there (renewed in a
+forked child).  ``NUMBA_THREADING_LAYER`` overrides the choice.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
+import importlib.metadata
 import inspect
 import logging
 import os
@@ -37,12 +46,15 @@ from .numpy_backend import NumpyBackend
 _log = logging.getLogger("hyperopt")
 _numba = None
 _cache = False
-_compiled: dict[tuple[str, bool], object] = {}
+_compiled: dict[tuple, object] = {}
 # IEEE arithmetic as NumPy does it: no fast-math (no reassociation, no FMA contraction), and
 # division by zero gives inf/nan instead of raising.
 _FLAGS = dict(fastmath=False, error_model="numpy")
 _compile_lock = threading.Lock()
 _parallel_lock = threading.Lock()
+_threadsafe = False          # the threading layer runs parallel regions from several threads at once
+#: runs with fewer elements take the serial build (a thread launch costs more than it saves)
+PARALLEL_MIN = 2 * CHUNK
 
 
 def _renew_locks():
@@ -71,11 +83,31 @@ def _writable(path: str) -> bool:
         return False
 
 
+def _load_tbb() -> bool:
+    """Load the PyPI ``tbb`` wheel's library, if installed.  The wheel puts ``libtbb.so.12`` in the
+    environment's ``lib`` folder, which the dynamic loader does not search; loaded first, it is the
+    one numba's tbb layer finds."""
+    try:
+        files = importlib.metadata.files("tbb") or ()
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    names = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}
+    wanted = names.get(sys.platform)
+    for f in files:
+        if f.name == wanted:
+            try:
+                ctypes.CDLL(str(f.locate()), mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+                return True
+            except OSError:
+                return False
+    return False
+
+
 def load_numba():
     """Import and configure numba once (raises ImportError where it is missing or broken).
 
     Only numba's config is set, not the environment, and only what the user left unset."""
-    global _numba, _cache
+    global _numba, _cache, _threadsafe
     if _numba is not None:
         return _numba
     import numba
@@ -85,33 +117,72 @@ def load_numba():
         _log.info("hyperopt: %s is not writable; numba kernels are compiled in memory in each process", path)
     elif not os.environ.get("NUMBA_CACHE_DIR"):
         numba.config.CACHE_DIR = path
-    if not os.environ.get("NUMBA_THREADING_LAYER"):
-        numba.config.THREADING_LAYER = "workqueue"
+    layer = os.environ.get("NUMBA_THREADING_LAYER")
+    if not layer:
+        layer = "tbb" if _load_tbb() else "workqueue"
+        if layer == "workqueue":
+            _log.info("hyperopt: the tbb package is not installed; numba's workqueue threads run one "
+                      "parallel kernel at a time and start slower (pip install tbb)")
+        numba.config.THREADING_LAYER = layer
+    _threadsafe = layer in ("tbb", "threadsafe", "safe")
     _numba = numba
     return numba
 
 
-# The driver of every kernel: ``_body`` and ``prange`` are bound per kernel and variant (see
-# ``_driver``).  Segment ``i`` has ``n`` elements, its scalars in ``table[i]``; ``sums[i]`` gets
-# its sums.  (Whole tables in, rows taken here: fewer Python objects per call.)
-def _drive(n, bufs, table, i, ctl, sums):
-    s = table[i]
-    out = sums[i]
-    n_sums = out.shape[0]
-    n_blocks = (n + CHUNK - 1) // CHUNK
-    partials = np.zeros((n_blocks, n_sums))
-    for b in prange(n_blocks):  # noqa: F821 - bound by _driver
-        lo = b * CHUNK
+# ------------------------------------------------------------------ the compiled driver
+# ``_body``, ``_views`` and ``prange`` are bound per kernel, variant and buffer dtypes (see ``_driver``).
+# ``items[w] = (segment, lo, hi)``; segment ``i`` has ``sizes[i]`` elements in the buffers whose
+# addresses are ``addresses[i]``, its scalars in ``table[i]``.  ``partials[w]`` gets item ``w``'s
+# sums; ``sums[i]`` (zeros on entry) their total over the segment's items, in item order.
+def _drive(items, addresses, sizes, table, ctl, partials, sums):
+    n_sums = partials.shape[1]
+    for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
+        i = items[w, 0]
+        bufs = _views(addresses[i], sizes[i])  # noqa: F821 - bound by _driver
         lanes = np.zeros((n_sums, LANES))
         # unsigned bounds: indices the compiler knows are non-negative need no wraparound, so it vectorises
-        _body(np.uint64(lo), np.uint64(min(n, lo + CHUNK)), bufs, s, ctl, lanes)  # noqa: F821 - bound by _driver
+        _body(np.uint64(items[w, 1]), np.uint64(items[w, 2]), bufs, table[i], ctl, lanes)  # noqa: F821
         for k in range(n_sums):
-            partials[b, k] = _lanes_total(lanes[k])  # noqa: F821 - bound by _driver
-    for k in range(n_sums):
-        total = 0.0
-        for b in range(n_blocks):
-            total += partials[b, k]
-        out[k] = total
+            partials[w, k] = _lanes_total(lanes[k])  # noqa: F821 - bound by _driver
+    for w in range(items.shape[0]):
+        for k in range(n_sums):
+            sums[items[w, 0], k] += partials[w, k]
+
+
+# The gradient check: the first segment (in item order) holding an element that is not finite or
+# whose square is not, else -1.  ``limit`` has the gradients' dtype (NaN compares False).
+def _drive_check(items, addresses, sizes, limit):
+    bad = np.zeros(items.shape[0], np.bool_)
+    for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
+        g = _views(addresses[items[w, 0]], sizes[items[w, 0]])[0]  # noqa: F821 - bound by _driver
+        ok = True
+        for j in range(np.uint64(items[w, 1]), np.uint64(items[w, 2])):
+            ok &= abs(g[j]) <= limit
+        bad[w] = not ok
+    for w in range(items.shape[0]):
+        if bad[w]:
+            return items[w, 0]
+    return -1
+
+
+def _views_factory(numba, dtypes):
+    """A compiled ``views(row, n)``: the tuple of ``n``-element arrays at the addresses ``row[k]``, of
+    ``dtypes[k]`` (a gradient may be wider than its parameter, e.g. HCNaturalGrad's float64 draws)."""
+    from numba.core import types as nt
+    from numba.extending import intrinsic
+
+    def pointer_to(dtype):
+        @intrinsic
+        def pointer(typingctx, address):
+            def codegen(context, builder, signature, args):
+                return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+            return nt.CPointer(numba.from_dtype(dtype))(nt.int64), codegen
+        return pointer
+
+    env = {"carray": numba.carray, **{f"pointer{k}": pointer_to(d) for k, d in enumerate(dtypes)}}
+    views = ", ".join(f"carray(pointer{k}(row[{k}]), n)" for k in range(len(dtypes)))
+    exec(f"def views(row, n):\n    return ({views},)\n", env)
+    return numba.njit(env["views"], **_FLAGS)
 
 
 def _jit_helpers(fn, numba, done):
@@ -142,30 +213,139 @@ def _kernels_hash() -> str:
     return digest.hexdigest()[:12]
 
 
-def _driver(kernel, parallel: bool):
-    """The compiled driver of ``kernel`` (parallel over blocks or serial), built once per process."""
-    key = (kernel.name, parallel)
+def _driver(kernel, parallel: bool, dtypes):
+    """The compiled driver of ``kernel`` (``None``: the gradient check) for buffers of ``dtypes``
+    (one per buffer), parallel over items or serial, built once per process."""
+    dtypes = tuple(np.dtype(d) for d in dtypes)
+    name = kernel.name if kernel is not None else "check"
+    key = (name, parallel, dtypes)
     fn = _compiled.get(key)
     if fn is not None:
         return fn
     with _compile_lock:
         if key not in _compiled:
             numba = load_numba()
-            body_fn = kernel.fused
-            done: dict = {}
-            body = numba.njit(types.FunctionType(body_fn.__code__, _jit_helpers(body_fn, numba, done),
-                                                 body_fn.__name__), **_FLAGS)
-            # numba's cache is keyed by the driver's name and file (whose stamp it checks): name it after
-            # the kernel, the variant and a hash of the kernel modules, so an edited body or helper
-            # never meets a stale build.
-            tag = _kernels_hash()
-            env = dict(_drive.__globals__, _body=body, _lanes_total=numba.njit(lanes_total, **_FLAGS),
+            env = dict(_drive.__globals__, _lanes_total=numba.njit(lanes_total, **_FLAGS),
                        prange=numba.prange if parallel else range)
-            name = f"drive_{kernel.name}_{'parallel' if parallel else 'serial'}_{tag}"
-            drive = types.FunctionType(_drive.__code__, env, name)
-            drive.__qualname__ = name
+            if kernel is not None:
+                body_fn = kernel.fused
+                env["_body"] = numba.njit(types.FunctionType(body_fn.__code__, _jit_helpers(body_fn, numba, {}),
+                                                             body_fn.__name__), **_FLAGS)
+                template = _drive
+            else:
+                template = _drive_check
+            env["_views"] = _views_factory(numba, dtypes)
+            # numba's cache is keyed by the driver's name and file (whose stamp it checks): name it after
+            # the kernel, the variant, the dtype and a hash of the kernel modules, so an edited body or
+            # helper never meets a stale build.
+            types_tag = "_".join(d.name for d in dtypes)
+            label = f"drive_{name}_{'parallel' if parallel else 'serial'}_{types_tag}_{_kernels_hash()}"
+            drive = types.FunctionType(template.__code__, env, label)
+            drive.__qualname__ = label
             _compiled[key] = numba.njit(drive, parallel=parallel, cache=_cache, **_FLAGS)
     return _compiled[key]
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+@functools.lru_cache(maxsize=1)
+def _address_of():
+    """A compiled ``address(array)``: a fifth of ``__array_interface__``'s cost, paid per gradient per step."""
+    numba = load_numba()
+    return numba.njit(lambda a: a.ctypes.data, cache=False)
+
+
+def _items(sizes, segments) -> np.ndarray:
+    """Work items ``(segment, lo, hi)``: a segment of up to ``CHUNK`` elements whole, a larger one
+    in ``CHUNK``-element blocks from its start, in segment then block order."""
+    rows = []
+    for i in segments:
+        n = int(sizes[i])
+        rows += [(i, lo, min(n, lo + CHUNK)) for lo in range(0, n, CHUNK)] if n > CHUNK else [(i, 0, n)]
+    return np.array(rows, np.int64).reshape(-1, 3)
+
+
+def _call(drive_for, total, args):
+    """Run the serial or parallel build (``drive_for(parallel)``) on ``args``."""
+    if total < PARALLEL_MIN:
+        return drive_for(False)(*args)
+    drive = drive_for(True)
+    if _threadsafe:
+        return drive(*args)
+    with _parallel_lock:
+        return drive(*args)
+
+
+def run_pieces(kernel, pieces, rows, ctl) -> np.ndarray:
+    """``kernel``'s fused body on explicit pieces (each a list of C-contiguous 1-D buffers of one
+    dtype, at most ``CHUNK`` elements, with its scalar row ``rows[w]``): its sums,
+    float64 ``(len(pieces), n_sums)``, each from 0.0.  The distributed layer runs a rank's blocks so."""
+    n_sums = len(kernel.sums)
+    out = np.zeros((len(pieces), n_sums), np.float64)
+    address = _address_of()
+    by_dtype: dict = {}
+    for w, bufs in enumerate(pieces):
+        if not all(b.flags.c_contiguous for b in bufs):
+            raise ValueError(f"{kernel.name}: run_pieces needs C-contiguous buffers (piece {w})")
+        by_dtype.setdefault(tuple(b.dtype for b in bufs), []).append(w)
+    for dtypes, idx in by_dtype.items():
+        addresses = np.array([[address(b) for b in pieces[w]] for w in idx], np.int64)
+        sizes = np.array([pieces[w][0].size for w in idx], np.int64)
+        items = np.array([(k, 0, sizes[k]) for k in range(len(idx))], np.int64).reshape(-1, 3)
+        table = np.array([rows[w] for w in idx]).reshape(len(idx), -1)
+        partials = np.empty((len(idx), n_sums), np.float64)
+        sums = np.zeros((len(idx), n_sums), np.float64)
+        _call(lambda parallel: _driver(kernel, parallel, dtypes), int(sizes.sum()),
+              (items, addresses, sizes, table, ctl, partials, sums))
+        out[idx] = partials
+    return out
+
+
+class _Gradients:
+    """One step's gradients as the compiled code reads them: an address per gradient, and the work
+    items of each dtype's parameters (``plans``: the backend's cache of them, by active set and
+    gradient dtypes)."""
+
+    def __init__(self, grads: dict, sizes: np.ndarray, param_dtypes: list, plans: dict):
+        self.source, self.arrays = grads, dict(grads)
+        self.sizes = sizes
+        self.address = np.zeros(len(sizes), np.int64)
+        self.keep = []                         # C-order copies the addresses point into
+        active = tuple(sorted(grads))
+        key = (active, tuple(grads[i].dtype.char for i in active))
+        plan = plans.get(key)
+        if plan is None:
+            by_dtype: dict = {}
+            for i in active:
+                by_dtype.setdefault((param_dtypes[i], grads[i].dtype), []).append(i)
+            plan = [(dtypes, _items(sizes, idx), int(sizes[idx].sum())) for dtypes, idx in by_dtype.items()]
+            if len(plans) > 64:               # active sets that come and go
+                plans.clear()
+            plans[key] = plan
+        self.plan = plan
+        address = _address_of()
+        for i in active:
+            g = grads[i]
+            if not g.flags.c_contiguous:
+                g = np.ascontiguousarray(g)
+                self.keep.append(g)
+            self.address[i] = address(g)
+
+    def matches(self, grads) -> bool:
+        """Whether ``grads`` is the dict these addresses were taken from, holding the same arrays."""
+        return grads is self.source and len(grads) == len(self.arrays) and \
+            all(grads.get(i) is a for i, a in self.arrays.items())
+
+    def first_bad(self, limit) -> int | None:
+        """The first parameter whose gradient has an element beyond ``limit(dtype)`` (or NaN), or None."""
+        for (_, dtype), items, total in self.plan:
+            bad = _call(lambda parallel: _driver(None, parallel, (dtype,)), total,
+                        (items, self.address.reshape(-1, 1), self.sizes, limit(dtype)))
+            if bad >= 0:
+                return bad
+        return None
 
 
 class NumbaBackend(NumpyBackend):
@@ -174,8 +354,18 @@ class NumbaBackend(NumpyBackend):
     def __init__(self):
         load_numba()
         super().__init__()
-        self._views: dict[tuple[str, ...], list] = {}
+        self._addresses: dict[tuple[str, ...], tuple] = {}
+        self._plans: dict[tuple[int, ...], list] = {}
+        self._sizes = np.zeros(0, np.int64)
+        self._dtypes: list = []
+        self._gradients: _Gradients | None = None
         self._no_sums = np.zeros((0, 0), np.float64)
+
+    @staticmethod
+    def unsupported(arrays) -> str | None:
+        """Why these parameters cannot run here (numba compiles float32 and float64 only), or None."""
+        other = sorted({a.dtype.name for a in arrays} - {"float32", "float64"})
+        return f"{', '.join(other)} parameters have no fused CPU kernels" if other else None
 
     def bind(self, arrays, state_names):
         super().bind(arrays, state_names)
@@ -183,20 +373,26 @@ class NumbaBackend(NumpyBackend):
             for j, b in enumerate(bufs):
                 if not b.flags.c_contiguous:
                     bufs[j] = np.ascontiguousarray(b)
-        self._views = {}
+        self._addresses, self._plans = {}, {}
+        self._sizes = np.array([a.size for a in self._params], np.int64)
+        self._dtypes = [a.dtype for a in self._params]
 
     def set_param(self, i, array):
         """The caller rebound parameter ``i`` to ``array`` (same shape and dtype); state is kept."""
-        parent = getattr(super(), "set_param", None)
-        if parent is not None:
-            parent(i, array)
-        else:
-            self._params[i] = array
-        self._views = {}
+        super().set_param(i, array)
+        self._addresses = {}
+
+    def check_gradients(self, grads, limit) -> int | None:
+        """The first parameter whose gradient is not finite or has an element whose square is not
+        (``limit(dtype)``: the largest allowed magnitude, of that dtype), or None; one compiled pass."""
+        self._gradients = _Gradients(grads, self._sizes, self._dtypes, self._plans)
+        return self._gradients.first_bad(limit)
 
     def run(self, program, grads=None, download=True, upload_params=False):
         if grads is not None:
             self._grads = grads
+            if self._gradients is None or not self._gradients.matches(grads):
+                self._gradients = _Gradients(grads, self._sizes, self._dtypes, self._plans)
         results, last = [], None
         for (kernel, names), table in zip(program.dispatches, program.tables):
             if kernel.kind == CONTROL:
@@ -208,52 +404,46 @@ class NumbaBackend(NumpyBackend):
                 results.append(last)
         return results
 
-    def _flat_views(self, names):
-        """Per segment, the flat views of the buffers ``names`` (None where a copy or the gradient is
-        needed at run time); they only change when ``bind`` or ``set_param`` does."""
-        views = self._views.get(names)
-        if views is None:
-            views = self._views[names] = [
-                [None if n == "grad" or not self._arrays(n, i).flags.c_contiguous else self._arrays(n, i).reshape(-1)
-                 for n in names] for i in range(len(self._params))]
-        return views
+    def _address_table(self, names):
+        """Per parameter, the addresses of the buffers ``names`` (the gradient's column is filled at run
+        time), and the (parameter, buffer) entries that are not C-contiguous (they run on copies);
+        both only change with ``bind``/``set_param``."""
+        entry = self._addresses.get(names)
+        if entry is None:
+            table, gaps = np.zeros((len(self._params), len(names)), np.int64), []
+            for i in range(len(self._params)):
+                for j, n in enumerate(names):
+                    if n != "grad":
+                        a = self._arrays(n, i)
+                        if a.flags.c_contiguous:
+                            table[i, j] = _address(a)
+                        else:                  # e.g. a transposed parameter
+                            gaps.append((i, j))
+            entry = self._addresses[names] = (table, gaps)
+        return entry
 
     def _run_fused(self, kernel, names, table):
-        if kernel.sums:
-            sums = np.zeros((len(self._params), len(kernel.sums)), np.float64)
-        else:                                  # nothing to hand back: one shared empty table
-            sums = self._no_sums
-            if sums.shape[0] != len(self._params):
-                sums = self._no_sums = np.zeros((len(self._params), 0), np.float64)
-        ctl = self._ctl
-        views = self._flat_views(names)
-        # float64 tables when any parameter is float64; float32 parameters take their rows rounded
-        # to float32, as the NumPy backend hands them to the twins (one rounded copy per run)
-        by_dtype = {table.dtype: table}
-        for i in sorted(self._grads):
-            flat, back = list(views[i]), None
-            for j, v in enumerate(flat):
-                if v is None:
-                    a = self._arrays(names[j], i)
-                    if a.flags.c_contiguous:
-                        flat[j] = a.reshape(-1)
-                    else:                      # e.g. a transposed parameter: run on a C-order copy
-                        flat[j] = np.ascontiguousarray(a).reshape(-1)
-                        if names[j] != "grad":   # kernels never write gradients (which may be read-only)
-                            back = (back or []) + [(a, flat[j])]
-            n = flat[0].size
-            dtype = self._params[i].dtype
-            rows = by_dtype.get(dtype)
-            if rows is None:
-                rows = by_dtype[dtype] = table.astype(dtype)
-            args = (n, tuple(flat), rows, i, ctl, sums)
-            if n > CHUNK:
-                drive = _driver(kernel, True)
-                with _parallel_lock:
-                    drive(*args)
-            else:
-                _driver(kernel, False)(*args)
-            for a, c in back or ():
-                a[...] = c.reshape(a.shape)
+        n_sums = len(kernel.sums)
+        sums = np.zeros((len(self._params), n_sums), np.float64)
+        gradients = self._gradients
+        addresses, gaps = self._address_table(names)
+        addresses = addresses.copy()
+        if "grad" in names:
+            addresses[:, names.index("grad")] = gradients.address
+        copies = []
+        for i, j in gaps:
+            if i in gradients.source:
+                a = self._arrays(names[j], i)
+                c = np.ascontiguousarray(a)
+                copies.append((a, c))
+                addresses[i, j] = _address(c)
+        for (dtype, grad_dtype), items, total in gradients.plan:
+            rows = table if table.dtype == dtype else table.astype(dtype)  # float32 rows of a float64 table
+            dtypes = tuple(grad_dtype if n == "grad" else dtype for n in names)
+            partials = np.empty((len(items), n_sums), np.float64)
+            _call(lambda parallel: _driver(kernel, parallel, dtypes), total,
+                  (items, addresses, gradients.sizes, rows, self._ctl, partials, sums))
+        for a, c in copies:
+            a[...] = c.reshape(a.shape)
         launch_counts["numba"] += 1
         return sums

@@ -13,6 +13,8 @@ One step is the program [natural_gradient, hysteresis_control, hysteresis_gate]:
 
 The scalar logic runs in float32, as upstream keeps tau, T and E in float32 tensors.
 """
+import math
+
 import numpy as np
 
 from .core import CONTROL, dot_sum, fused_helper, kernel
@@ -27,12 +29,22 @@ _ENERGY_EPS = _F32(1e-8)     # upstream: h * (E + 1e-8)
 
 
 def metric_root(metric, power):
-    """``G ** power``; 0.5 and 1.0 take the exact paths (sqrt, identity) so the default is bit-faithful."""
+    """``G ** power``; 0.5 and 1.0 take the exact paths (sqrt, identity) so the default is bit-faithful.
+
+    Other powers use the C library's ``pow`` in double, as the fused body does: NumPy's own SIMD
+    ``power`` (AVX-512 machines) differs from it in the last bit for a few percent of elements.
+    float32 metrics take NumPy's double ``power`` rounded to float32 (its last-bit differences from
+    ``pow`` vanish in that rounding); float64 ones call ``math.pow`` per element (slow, exact)."""
     if power == 0.5:
         return np.sqrt(metric)
     if power == 1.0:
         return metric.copy()
-    return np.power(metric, power)
+    if metric.dtype == np.float32:
+        return np.power(metric.astype(np.float64), float(power)).astype(np.float32)
+    return _libm_pow(metric, float(power)).astype(metric.dtype)
+
+
+_libm_pow = np.frompyfunc(math.pow, 2, 1)
 
 
 def precondition(grad, metric, eps, metric_power):
@@ -42,13 +54,14 @@ def precondition(grad, metric, eps, metric_power):
 
 
 @fused_helper
-def metric_root_fused(metric, power):
-    """One element of ``metric_root``."""
+def metric_root_fused(m, power):
+    """``metric_root`` of one element, widened to double (round it back to the metric's dtype):
+    sqrt in the element's own precision, other powers with the C library's ``pow`` on doubles."""
     if power == 0.5:
-        return np.sqrt(metric)
+        return np.float64(np.sqrt(m))
     if power == 1.0:
-        return metric
-    return np.power(metric, power)
+        return np.float64(m)
+    return np.float64(m) ** np.float64(power)
 
 
 def natural_gradient_fused(lo, hi, bufs, s, ctl, lanes):
@@ -59,7 +72,7 @@ def natural_gradient_fused(lo, hi, bufs, s, ctl, lanes):
         g = grad[i]
         m = metric[i] * beta + (metric_gain * g) * g
         metric[i] = m
-        c = np.float64(g / (metric_root_fused(m, metric_power) + eps))
+        c = np.float64(g / (metric.dtype.type(metric_root_fused(m, metric_power)) + eps))
         lanes[0, i % 8] += c * c
 
 
@@ -122,7 +135,7 @@ def hysteresis_gate_fused(lo, hi, bufs, s, ctl, lanes):
         return
     step = lr * ctl[base + CTL_CLIP]
     for i in range(lo, hi):
-        c = grad[i] / (metric_root_fused(metric[i], metric_power) + eps)
+        c = grad[i] / (metric.dtype.type(metric_root_fused(metric[i], metric_power)) + eps)
         param[i] = param[i] - c * step
 
 
