@@ -35,7 +35,10 @@ A segment's sum is the float64 sum, in block order from 0.0, of per-block partia
 ``CHUNK`` elements counted from the segment's start.  A block's partial is ``block_sum`` of its
 per-element float64 terms: lane ``j`` adds terms ``j, j+8, j+16, ...`` in order from 0.0, then the
 eight lanes are added as a fixed tree.  Nothing depends on threads, so every backend that follows
-it (NumPy twins, fused bodies, the distributed layer) gets the same bits.
+it (NumPy twins, fused bodies, the distributed layer) gets the same bits.  The Vulkan backend keeps
+the blocks and the float64 total (``segment_totals``) but adds inside a block in its own fixed
+order (workgroup trees), so its sums agree with the CPU's to rounding, and are the same bits for
+any number of ranks.
 """
 from __future__ import annotations
 
@@ -122,6 +125,20 @@ def block_sum(terms) -> float:
     lanes = np.add.reduce(t[:whole].reshape(-1, LANES), axis=0, initial=0.0)
     lanes[: t.size - whole] += t[whole:]
     return float(lanes_total(lanes))
+
+
+def segment_totals(partials, segment_blocks) -> np.ndarray:
+    """Per-segment sums from per-block partials (rows in global block order): segment ``s`` adds
+    ``partials[first:first + count]`` (``segment_blocks[s] = (first, count)``) in block order, in
+    float64, from 0.0.  The Vulkan backend and the distributed layer total block partials here."""
+    partials = np.asarray(partials, np.float64)
+    first = np.asarray(segment_blocks, np.int64).reshape(-1, 2)[:, 0]
+    count = np.asarray(segment_blocks, np.int64).reshape(-1, 2)[:, 1]
+    out = np.zeros((len(first),) + partials.shape[1:], np.float64)
+    for j in range(int(count.max()) if len(count) else 0):      # the j-th block of every segment at once
+        live = np.nonzero(count > j)[0]
+        out[live] += partials[first[live] + j]
+    return out
 
 
 def dot_sum(a, b) -> float:
