@@ -77,40 +77,42 @@ def distributed_backend(comm, use_gpu, device):
     """The backend of an optimizer built with ``comm``: this rank's shard, on the CPU kernels or on
     the Vulkan device that ``use_gpu``/``device`` would give one process.
 
-    ``use_gpu="auto"`` or ``False`` (and no device but ``"cpu"``) takes the CPU kernels directly.  An
+    ``use_gpu="auto"`` or ``False`` (and no device but ``"cpu"``) takes the CPU kernels directly (auto
+    does not look for a GPU here: ranks that found different hardware would disagree).  An
     explicit GPU request picks a backend on every rank as one process would (a rank without a
     Vulkan device falls back, with the usual warning, to the CPU path); the ranks must agree: all on
     Vulkan or all on the CPU kernels, else every rank raises ``ValueError``."""
     from .backends import select_backend
     dist = DistributedBackend(comm, _cpu_kernels())
-    if use_gpu is True or device not in (None, "cpu"):
-        made = []
+    explicit = use_gpu is True or device not in (None, "cpu")
+    made = []
 
-        def pick():
+    def pick():
+        if explicit:
             made.append(select_backend(use_gpu, device))
-            return made[-1].name
-        try:
-            name = dist.agree(pick)
-        except Exception:
-            for backend in made:
-                backend.close()
-            raise
-        engine = made[0] if name.startswith("vulkan") else None
-        if engine is None:
-            made[0].close()
-        kinds = dist._allgather_text("vulkan" if engine is not None else "cpu")
-        if len(set(kinds)) > 1:
-            if engine is not None:
-                engine.close()
-            raise ValueError("comm= needs every rank on the same kind of backend, but ranks "
-                             f"{[r for r, k in enumerate(kinds) if k == 'vulkan']} got a Vulkan device and ranks "
-                             f"{[r for r, k in enumerate(kinds) if k == 'cpu']} the CPU path; pass the same "
-                             "device everywhere, or use_gpu=False")
+    try:               # collective on every rank, whatever each was asked for
+        dist.agree(pick)
+    except Exception:
+        for backend in made:
+            backend.close()
+        raise
+    engine = made[0] if made and made[0].name.startswith("vulkan") else None
+    if made and engine is None:
+        made[0].close()
+    kinds = dist._allgather_text("vulkan" if engine is not None else "cpu")
+    if len(set(kinds)) > 1:
         if engine is not None:
-            dist.use_engine(engine)
-    elif use_gpu == "auto" and not _noticed:
+            engine.close()
+        raise ValueError("comm= needs every rank on the same kind of backend, but ranks "
+                         f"{[r for r, k in enumerate(kinds) if k == 'vulkan']} got a Vulkan device and ranks "
+                         f"{[r for r, k in enumerate(kinds) if k == 'cpu']} the CPU path; pass the same "
+                         "use_gpu and device everywhere")
+    if engine is not None:
+        dist.use_engine(engine)
+    elif use_gpu == "auto" and not explicit and not _noticed:
         _noticed.append(True)
-        logging.getLogger("hyperopt").info("comm= given: the distributed optimizer runs on the CPU path")
+        logging.getLogger("hyperopt").info("comm= given: the distributed optimizer runs on the CPU path "
+                                           "(use_gpu=True or device= puts each rank's shard on its Vulkan device)")
     return dist
 
 

@@ -132,12 +132,13 @@ def segment_totals(partials, segment_blocks) -> np.ndarray:
     ``partials[first:first + count]`` (``segment_blocks[s] = (first, count)``) in block order, in
     float64, from 0.0.  The Vulkan backend and the distributed layer total block partials here."""
     partials = np.asarray(partials, np.float64)
-    first = np.asarray(segment_blocks, np.int64).reshape(-1, 2)[:, 0]
-    count = np.asarray(segment_blocks, np.int64).reshape(-1, 2)[:, 1]
+    first, count = np.asarray(segment_blocks, np.int64).reshape(-1, 2).T
     out = np.zeros((len(first),) + partials.shape[1:], np.float64)
-    for j in range(int(count.max()) if len(count) else 0):      # the j-th block of every segment at once
-        live = np.nonzero(count > j)[0]
-        out[live] += partials[first[live] + j]
+    for n in np.unique(count[count > 0]).tolist():       # segments of n blocks, together
+        segs = np.nonzero(count == n)[0]
+        rows = np.zeros((n + 1, len(segs)) + partials.shape[1:], np.float64)     # row 0: the 0.0 it starts from
+        rows[1:] = partials[first[segs][None, :] + np.arange(n)[:, None]]
+        out[segs] = np.add.accumulate(rows, axis=0)[-1]       # strictly in order (a reduce may go pairwise)
     return out
 
 

@@ -119,3 +119,16 @@ def test_checkpoint_round_trip(vulkan_device, comm, tmp_path):
         other.close()
         follow.close()
     half.Free()
+
+
+@pytest.mark.no_launch      # checks backend selection: no kernel runs
+@pytest.mark.timeout(60)
+def test_ranks_on_different_kinds_of_backend_are_refused_on_every_rank(vulkan_device, comm):
+    if comm.size < 2:
+        pytest.skip("needs two ranks")
+    ps = _start(SHAPES)
+    kw = dict(device=vulkan_device) if comm.rank == 0 else dict(use_gpu=False)
+    with pytest.raises(ValueError, match="same kind of backend") as info:
+        AdamW(ps, lr=0.01, comm=comm, **kw)
+    _every_rank_raised(comm, info.value, ValueError)
+    AdamW(ps, lr=0.01, device=vulkan_device, comm=comm).close()     # no rank was left in a collective
