@@ -13,10 +13,16 @@ An optimizer built with ``comm=`` (an mpi4py communicator) runs on every rank of
    hypergradient classes, HIOptimizer, HL) keep just their shard, one exchange fewer per step.
 3. Each rank keeps per-element optimizer state only for its shard and runs the kernels there: the
    fused bodies compiled by numba where one process would use them (``HYPEROPT_CPU_KERNELS``, numba
-   importable), called once per block, else the NumPy twins.  Every per-segment sum is rebuilt from
+   importable), called once per block, else the NumPy twins; or, when ``use_gpu=True``/``device``
+   gives a Vulkan device (on every rank), that device's shaders over the shard's pieces (one device
+   segment per parameter, holding this rank's piece of it).  Every per-segment sum is rebuilt from
    per-block partials gathered from all ranks (``Allgatherv`` of float64) and added in global block
-   order starting from 0.0, exactly the CPU backends' definition, so every global quantity has the
-   bits of the single-process optimizer.
+   order starting from 0.0, the definition every backend shares, so every global quantity has the
+   bits of the single-process optimizer on the same kind of backend.  On Vulkan a block's partial is
+   its rows' partials added on the device in a fixed order, and a block's rows depend on its length
+   only, so a rank's blocks give the partials one process's would; a step there pauses after each
+   summing kernel for the exchange, and device control kernels read the gathered partials (their
+   per-segment sums made on the device from them, as in one process).
 4. The updated parameter pieces are gathered, so after ``step()`` every rank's arrays are equal.
 
 The flat layout: each parameter is a segment cut into blocks of ``CHUNK`` elements from its start;
@@ -37,7 +43,7 @@ import numpy as np
 from . import backends as _backends
 from .backends import numpy_backend as _numpy_backend
 from .backends.numpy_backend import CHUNK, _parallel
-from .kernels.core import CONTROL, dispatch
+from .kernels.core import CONTROL, dispatch, segment_totals
 
 def _exception_class(kind: str):
     """The exception class named ``module:qualname`` (builtins and hyperopt's own), else RuntimeError."""
@@ -68,26 +74,46 @@ def rank_mean(pieces):
 
 
 def distributed_backend(comm, use_gpu, device):
-    """The backend of an optimizer built with ``comm``: the CPU kernels on this rank's shard.
+    """The backend of an optimizer built with ``comm``: this rank's shard, on the CPU kernels or on
+    the Vulkan device that ``use_gpu``/``device`` would give one process.
 
-    ``use_gpu="auto"`` or ``False`` (and no device but ``"cpu"``) takes it directly; an explicit GPU
-    request raises NotImplementedError when a Vulkan device would serve it (a device's per-segment
-    sums are not made of ``CHUNK``-element blocks, so they could not be gathered into the same bits
-    for every rank count), and otherwise falls back (with the usual warning) to the CPU path."""
+    ``use_gpu="auto"`` or ``False`` (and no device but ``"cpu"``) takes the CPU kernels directly (auto
+    does not look for a GPU here: ranks that found different hardware would disagree).  An
+    explicit GPU request picks a backend on every rank as one process would (a rank without a
+    Vulkan device falls back, with the usual warning, to the CPU path); the ranks must agree: all on
+    Vulkan or all on the CPU kernels, else every rank raises ``ValueError``."""
     from .backends import select_backend
-    if use_gpu is True or device not in (None, "cpu"):
-        backend = select_backend(use_gpu, device)
-        if backend.name.startswith("vulkan"):
+    dist = DistributedBackend(comm, _cpu_kernels())
+    explicit = use_gpu is True or device not in (None, "cpu")
+    made = []
+
+    def pick():
+        if explicit:
+            made.append(select_backend(use_gpu, device))
+    try:               # collective on every rank, whatever each was asked for
+        dist.agree(pick)
+    except Exception:
+        for backend in made:
             backend.close()
-            raise NotImplementedError(
-                f"comm= runs the CPU kernels on each rank's shard; the {backend.name} backend is not supported "
-                "with comm (its sums are not built from CHUNK-element blocks, so they could not be gathered "
-                "into the same bits for every rank count): pass use_gpu=False")
-        backend.close()
-    elif use_gpu == "auto" and not _noticed:
+        raise
+    engine = made[0] if made and made[0].name.startswith("vulkan") else None
+    if made and engine is None:
+        made[0].close()
+    kinds = dist._allgather_text("vulkan" if engine is not None else "cpu")
+    if len(set(kinds)) > 1:
+        if engine is not None:
+            engine.close()
+        raise ValueError("comm= needs every rank on the same kind of backend, but ranks "
+                         f"{[r for r, k in enumerate(kinds) if k == 'vulkan']} got a Vulkan device and ranks "
+                         f"{[r for r, k in enumerate(kinds) if k == 'cpu']} the CPU path; pass the same "
+                         "use_gpu and device everywhere")
+    if engine is not None:
+        dist.use_engine(engine)
+    elif use_gpu == "auto" and not explicit and not _noticed:
         _noticed.append(True)
-        logging.getLogger("hyperopt").info("comm= given: the distributed optimizer runs on the CPU path")
-    return DistributedBackend(comm, _cpu_kernels())
+        logging.getLogger("hyperopt").info("comm= given: the distributed optimizer runs on the CPU path "
+                                           "(use_gpu=True or device= puts each rank's shard on its Vulkan device)")
+    return dist
 
 
 _noticed: list = []
@@ -129,6 +155,7 @@ class Layout:
         cuts = np.maximum.accumulate(cuts) if len(counts) else np.zeros(ranks - 1, np.int64)
         self.first = np.concatenate([[0], cuts, [len(counts)]]).astype(np.int64)
         self.segment_first = np.searchsorted(self.block_segment, np.arange(len(arrays)), side="left")
+        self.segment_blocks = np.c_[self.segment_first, np.bincount(self.block_segment, minlength=len(arrays))]
         # pieces[r] = [(i, a, b)]: rank r's slice of segment i, in segment order
         self.pieces = []
         for r in range(ranks):
@@ -161,7 +188,14 @@ class DistributedBackend:
         self._grads: dict[int, np.ndarray] = {}
         self._active: list[int] = []
         self.layout: Layout | None = None
+        self.engine = None            # a VulkanBackend running this rank's shard (``use_engine``), else None
         self.bytes_sent = 0           # this rank's payload bytes handed to MPI (gradients, sums, parameters)
+
+    def use_engine(self, engine):
+        """Run this rank's kernels on ``engine``, a ``VulkanBackend``: it holds the shard's state, one
+        segment per parameter (this rank's piece of it, possibly empty), and its per-segment sums
+        come back through ``gather_partials`` as the whole layout's (see ``BlockLayout``)."""
+        self.engine, self.name = engine, engine.name
 
     # -------------------------------------------------------------- layout and state
     def bind(self, arrays, state_names):
@@ -169,13 +203,23 @@ class DistributedBackend:
         self._agree_on_layout(arrays)
         # state that survives a new layout: gathered whole (collective), then cut to the new shard
         new_ids = {id(a) for a in arrays}
-        kept = {(name, id(p)): self.read(name, j) for name in self._state if name in state_names
+        kept = {(name, id(p)): self.read(name, j) for name in self.buffers if name in state_names
                 for j, p in enumerate(self._params) if id(p) in new_ids}
+        if self.engine is not None and self.engine.unsupported(arrays):     # the same answer on every rank
+            self._leave_engine(self.engine.unsupported(arrays))
         self._params = arrays
         self.layout = Layout(arrays, self.ranks)
         self._mine = {i: (a, b) for i, a, b in self.layout.pieces[self.rank]}
         self.buffers = tuple(state_names)
         self._state = {}
+        if self.engine is not None:
+            self.engine.bind([self._piece("param", i) for i in range(len(arrays))], self.buffers)
+            self.engine.shard = BlockLayout(self)
+            for i, p in enumerate(arrays):
+                for name in self.buffers:
+                    if (name, id(p)) in kept:
+                        self.write(name, i, kept[(name, id(p))])
+            return
         for name in self.buffers:
             bufs = []
             for i, p in enumerate(arrays):
@@ -183,6 +227,18 @@ class DistributedBackend:
                 full = kept.get((name, id(p)))
                 bufs.append(full.reshape(-1)[a:b].copy() if full is not None else np.zeros(b - a, p.dtype))
             self._state[name] = bufs
+
+    def _leave_engine(self, reason):
+        """The device cannot update these parameters (float64 without shaderFloat64, mixed precisions):
+        the CPU kernels from now on, with the warning one process gives (``fit_backend``)."""
+        import warnings
+        from .backends import _told, caller_stacklevel
+        if reason not in _told:
+            _told.add(reason)
+            warnings.warn(f"{reason}: this optimizer runs on the CPU path (opt.backend says so)", RuntimeWarning,
+                          stacklevel=caller_stacklevel())
+        self.engine.close()
+        self.engine, self.name = None, _cpu_kernels()
 
     def _agree_on_layout(self, arrays):
         def contiguous():
@@ -212,6 +268,8 @@ class DistributedBackend:
         on (``_piece`` slices the current array each run); the state is kept."""
         self.check_param(i, array)
         self._params[i] = array
+        if self.engine is not None:
+            self.engine.set_param(i, self._piece("param", i))
 
     def _piece(self, name, i):
         """This rank's flat slice of buffer ``name`` for segment ``i`` (a view)."""
@@ -220,6 +278,8 @@ class DistributedBackend:
             return self._params[i].reshape(-1)[a:b]
         if name == "grad":
             return self._grads[i]
+        if self.engine is not None:
+            return self.engine.read(name, i)      # a copy of the device's piece
         return self._state[name][i]
 
     def read(self, name, i):
@@ -233,22 +293,32 @@ class DistributedBackend:
     def write(self, name, i, values):
         a, b = self._mine.get(i, (0, 0))
         values = np.asarray(values)
-        self._piece(name, i)[...] = values if values.ndim == 0 else values.reshape(-1)[a:b]
+        values = values if values.ndim == 0 else values.reshape(-1)[a:b]
+        if self.engine is not None:
+            self.engine.write(name, i, values)
+        else:
+            self._piece(name, i)[...] = values
 
     def clear(self, i):
+        if self.engine is not None:
+            self.engine.clear(i)
         for bufs in self._state.values():
             bufs[i][...] = 0
 
     def reload_params(self):
-        pass   # the kernels update views of the caller's arrays
+        if self.engine is not None:        # the CPU kernels update views of the caller's arrays
+            self.engine.reload_params()
 
     def ctl_array(self, size):
+        if self.engine is not None:
+            return self.engine.ctl_array(size)
         if self._ctl.size != size:
             self._ctl = np.zeros(size, np.float32)
         return self._ctl
 
     def close(self):
-        pass
+        if self.engine is not None:
+            self.engine.close()
 
     # -------------------------------------------------------------- agreement
     def agree(self, fn):
@@ -344,10 +414,12 @@ class DistributedBackend:
 
     # -------------------------------------------------------------- running
     def program(self, dispatches):
+        if self.engine is not None:
+            return self.engine.program(dispatches)
         return Program(dispatches, len(self._params), _table_dtype(self._params))
 
     def run(self, program, grads=None, download=True, upload_params=False):
-        # upload_params needs nothing here: the kernels read and write views of the caller's arrays
+        # CPU kernels: upload_params needs nothing, they read and write views of the caller's arrays
         # as they are now (in-place edits and arrays rebound through set_param included)
         if grads is not None:
             self._grads = {}
@@ -356,6 +428,13 @@ class DistributedBackend:
                 self._grads[i] = g.piece if isinstance(g, ShardGradient) else \
                     np.ascontiguousarray(np.asarray(g).reshape(-1)[a:b])
             self._active = sorted(grads)
+        if self.engine is not None:
+            # the device updates this rank's pieces (views of the caller's arrays); its sums are
+            # already the whole layout's (BlockLayout.gather); then the other ranks' pieces come in
+            sums = self.engine.run(program, self._grads if grads is not None else None, download, upload_params)
+            if download and any("param" in names for _, names in program.dispatches):
+                self._gather_params()
+            return sums
         results, last = [], None
         counts = getattr(_backends, "launch_counts", None)
         touches_params = False
@@ -395,26 +474,27 @@ class DistributedBackend:
             parts = self._run_fused_blocks(kernel, names, table, items)
         else:
             parts = _parallel(kernel.numpy, items) if items else []
-        sums = np.zeros((len(self._params), len(kernel.sums)), np.float64)
         if not kernel.sums:
-            return sums
-        # per-block partials of every rank, in global block order; inactive blocks stay 0.0
-        k = len(kernel.sums)
+            return np.zeros((len(self._params), 0), np.float64)
+        # per-block partials of this rank's blocks; inactive blocks stay 0.0
         first = layout.first
-        local = np.zeros((first[self.rank + 1] - first[self.rank], k), np.float64)
+        local = np.zeros((first[self.rank + 1] - first[self.rank], len(kernel.sums)), np.float64)
         for (i, _, sl), part in zip(items, parts):
             block = layout.segment_first[i] + (self._mine[i][0] + (sl.start if sl is not None else 0)) // CHUNK
             local[block - first[self.rank]] = part
-        partials = np.empty((len(layout.block_segment), k), np.float64)
-        self._allgatherv(local.reshape(-1), partials.reshape(-1), [(first[r + 1] - first[r]) * k for r in range(self.ranks)])
-        active = np.zeros(len(self._params), bool)
-        active[self._active] = True
-        seg = layout.block_segment
-        for kk in range(len(seg)):      # block order within each segment, from 0.0
-            i = seg[kk]
-            if active[i]:
-                sums[i] += partials[kk]
-        return sums
+        return segment_totals(self.gather_partials(local), layout.segment_blocks)
+
+    def gather_partials(self, local):
+        """Every rank's block partials (``local``: this rank's, one row per block it owns), in global
+        block order: the rows a single process would have (collective)."""
+        first, k = self.layout.first, local.shape[1]
+        if local.shape[0] != first[self.rank + 1] - first[self.rank]:
+            raise RuntimeError(f"rank {self.rank} produced {local.shape[0]} block partials for "
+                               f"{first[self.rank + 1] - first[self.rank]} blocks")
+        partials = np.empty((len(self.layout.block_segment), k), np.float64)
+        self._allgatherv(np.ascontiguousarray(local, np.float64).reshape(-1), partials.reshape(-1),
+                         [(first[r + 1] - first[r]) * k for r in range(self.ranks)])
+        return partials
 
     def _run_fused_blocks(self, kernel, names, table, items):
         """The kernel's fused body (numba) on the blocks of this rank's shard, one compiled call:
@@ -461,6 +541,17 @@ class DistributedBackend:
         self._allgatherv(data, out, lengths, dtype=self._MPI.BYTE)
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         return [out[bounds[r]:bounds[r + 1]].tobytes().decode("utf-8") for r in range(self.ranks)]
+
+
+class BlockLayout:
+    """The whole layout's reduction blocks, as a rank's ``VulkanBackend`` needs them (its ``shard``):
+    ``segment_blocks[s] = (first block, block count)`` of segment ``s`` in global block order,
+    ``n_blocks`` in all, and ``gather`` (``DistributedBackend.gather_partials``)."""
+
+    def __init__(self, dist: DistributedBackend):
+        self.segment_blocks = dist.layout.segment_blocks.astype(np.uint32)
+        self.n_blocks = len(dist.layout.block_segment)
+        self.gather = dist.gather_partials
 
 
 class ShardGradient:

@@ -1,5 +1,5 @@
 """The distributed layer's pieces in one process: the rank mean, the block layout, comm=COMM_SELF,
-the Vulkan refusal, and a launch of tests/mpi under ``mpiexec -n 2`` (the full MPI runs with 2 and
+Vulkan under comm=COMM_SELF, and a launch of tests/mpi under ``mpiexec -n 2`` (the full MPI runs with 2 and
 4 ranks are .ci/mpi)."""
 import os
 import shutil
@@ -43,6 +43,13 @@ def test_layout_cuts_at_blocks_and_covers_everything_once(ranks):
     assert max(layout.elements) <= sum(a.size for a in arrays) / ranks + CHUNK
 
 
+def test_segment_totals_add_block_partials_in_block_order():
+    from hyperopt.kernels.core import segment_totals
+    partials = np.array([[1e16], [1.0], [-1e16], [5.0], [2.0]])
+    out = segment_totals(partials, [(0, 3), (3, 0), (3, 2)])
+    assert out[:, 0].tolist() == [((0.0 + 1e16) + 1.0) - 1e16, 0.0, 7.0]
+
+
 def test_comm_self_is_the_single_process_optimizer():
     MPI = pytest.importorskip("mpi4py.MPI")
     rng = np.random.default_rng(1)
@@ -59,12 +66,28 @@ def test_comm_self_is_the_single_process_optimizer():
     assert np.array_equal(dist.state_of(a[0])["exp_avg_sq"], single.state_of(b[0])["exp_avg_sq"])
 
 
-@pytest.mark.no_launch
-def test_vulkan_with_comm_is_refused_clearly(vulkan_device):
+def test_vulkan_with_comm_self_is_the_single_process_vulkan_optimizer(vulkan_device):
+    """comm= on a Vulkan device: the rank's shard runs the shaders, and with one rank the step is the
+    single-process Vulkan optimizer's, bit for bit (HIOptimizer: sums over three blocks feed a
+    control kernel on the device)."""
     MPI = pytest.importorskip("mpi4py.MPI")
+    from hyperopt import HIOptimizer
+    rng = np.random.default_rng(2)
+    shapes = [(2 * CHUNK + 7,), (4, 3)]
+    a = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    b = [p.copy() for p in a]
+    dist = HIOptimizer(a, lr=0.01, grad_clip=0.5, device=vulkan_device, comm=MPI.COMM_SELF)
+    single = HIOptimizer(b, lr=0.01, grad_clip=0.5, device=vulkan_device)
+    assert dist.backend == single.backend and dist.backend.startswith("vulkan:")
+    for _ in range(3):
+        g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        dist.step(gradients=g)
+        single.step(gradients=g)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    for x, y in zip(a, b):
+        for name, value in single.state_of(y).items():
+            assert np.array_equal(dist.state_of(x)[name], value), name
     p = np.zeros(5, np.float32)
-    with pytest.raises(NotImplementedError, match="use_gpu=False"):
-        AdamW([p], use_gpu=True, device=vulkan_device, comm=MPI.COMM_SELF)
     cpu = AdamW([p.copy()], use_gpu=False).backend                 # "numba" or "numpy"
     assert AdamW([p], use_gpu="auto", comm=MPI.COMM_SELF).backend == cpu   # auto: the CPU path's kernels
 

@@ -370,6 +370,30 @@ def test_layouts_past_2_to_the_32_elements_are_refused_before_allocating():
         assert np.all(mine[1:, 1] == mine[:-1, 2])
 
 
+@pytest.mark.no_launch   # layout planning: no kernel runs
+def test_rows_never_cross_a_block_and_depend_on_the_block_length_only():
+    """Per-segment sums are made of CHUNK-element blocks from each segment's start, and a block's
+    partial must not depend on where its segment starts (a rank's shard holds a piece of a segment),
+    so the rows of a block are planned from its length alone."""
+    from hyperopt.backends.vulkan.layout import plan_blocks
+    from hyperopt.kernels.core import CHUNK
+    sizes = [3 * CHUNK + 4100, 10, 0, CHUNK, 2 * CHUNK + 4100]
+    offsets, rows, blocks, segment_blocks, _ = plan_blocks(sizes, row_size=16384)
+    shapes = {}
+    for s, (n, off) in enumerate(zip(sizes, offsets)):
+        first, count = segment_blocks[s]
+        assert count == -(-n // CHUNK)
+        for j in range(first, first + count):
+            r0, nr = blocks[j]
+            mine = rows[r0:r0 + nr].astype(np.int64)
+            start = off + (j - first) * CHUNK
+            assert (mine[:, 0] == s).all() and mine[0, 1] == start and mine[-1, 2] == start + min(CHUNK, n - (j - first) * CHUNK)
+            assert np.all(mine[1:, 1] == mine[:-1, 2])
+            shape = tuple(map(tuple, mine[:, 1:3] - start))
+            assert shapes.setdefault(int(mine[-1, 2] - start), shape) == shape    # same length, same rows
+    assert len(shapes) == 3            # CHUNK, 4100 and 10 elements
+
+
 MAX_BINDING = textwrap.dedent("""
     import sys, numpy as np
     from hyperopt import AdamW

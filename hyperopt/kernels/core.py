@@ -35,7 +35,10 @@ A segment's sum is the float64 sum, in block order from 0.0, of per-block partia
 ``CHUNK`` elements counted from the segment's start.  A block's partial is ``block_sum`` of its
 per-element float64 terms: lane ``j`` adds terms ``j, j+8, j+16, ...`` in order from 0.0, then the
 eight lanes are added as a fixed tree.  Nothing depends on threads, so every backend that follows
-it (NumPy twins, fused bodies, the distributed layer) gets the same bits.
+it (NumPy twins, fused bodies, the distributed layer) gets the same bits.  The Vulkan backend keeps
+the blocks and the float64 total (``segment_totals``) but adds inside a block in its own fixed
+order (workgroup trees), so its sums agree with the CPU's to rounding, and are the same bits for
+any number of ranks.
 """
 from __future__ import annotations
 
@@ -122,6 +125,21 @@ def block_sum(terms) -> float:
     lanes = np.add.reduce(t[:whole].reshape(-1, LANES), axis=0, initial=0.0)
     lanes[: t.size - whole] += t[whole:]
     return float(lanes_total(lanes))
+
+
+def segment_totals(partials, segment_blocks) -> np.ndarray:
+    """Per-segment sums from per-block partials (rows in global block order): segment ``s`` adds
+    ``partials[first:first + count]`` (``segment_blocks[s] = (first, count)``) in block order, in
+    float64, from 0.0.  The Vulkan backend and the distributed layer total block partials here."""
+    partials = np.asarray(partials, np.float64)
+    first, count = np.asarray(segment_blocks, np.int64).reshape(-1, 2).T
+    out = np.zeros((len(first),) + partials.shape[1:], np.float64)
+    for n in np.unique(count[count > 0]).tolist():       # segments of n blocks, together
+        segs = np.nonzero(count == n)[0]
+        rows = np.zeros((n + 1, len(segs)) + partials.shape[1:], np.float64)     # row 0: the 0.0 it starts from
+        rows[1:] = partials[first[segs][None, :] + np.arange(n)[:, None]]
+        out[segs] = np.add.accumulate(rows, axis=0)[-1]       # strictly in order (a reduce may go pairwise)
+    return out
 
 
 def dot_sum(a, b) -> float:

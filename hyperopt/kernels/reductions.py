@@ -1,8 +1,9 @@
 """Generic reductions over parameters (per segment; group and global totals are sums of those).
 
 GLSL twins: shaders/reduce-dot.glsl and shaders/reduce-sumsq.glsl.  On the device each workgroup
-adds its elements in a fixed tree order and shaders/segment-sum.glsl adds the workgroup partials of
-each parameter in a fixed order, so a reduction gives the same bits every run.
+adds its elements in a fixed tree order, shaders/segment-sum.glsl adds the workgroup partials of
+each CHUNK-element block in a fixed order, and the host adds the blocks in order, so a reduction
+gives the same bits every run (and for any number of MPI ranks).
 """
 import numpy as np
 

@@ -3,14 +3,21 @@
 Layout.  Every parameter is one *segment* of flat arena buffers (float32, or float64 with the
 kernels' .f64 builds where the device has shaderFloat64) ("param", "grad" and one
 per state buffer), padded to 64 floats so every segment starts 256-byte aligned.  A work table
-splits the segments into rows of at most ``row_size`` elements, one workgroup each; a step is one submit
+splits the segments into rows of at most ``row_size`` elements, one workgroup each, never crossing a
+``CHUNK``-element block of a segment (counted from its start); a step is one submit
 of a command buffer recorded once per program: [copy gradients in] -> each dispatch over all rows ->
 [copy parameters out].  Gradients go in by one memcpy per parameter into mapped memory, parameters
 come back the same way; optimizer state never leaves the device.
 
 Arenas above the binding limit (maxStorageBufferRange, 128 MiB on lavapipe) are bound as several
 windows, one dispatch each.  Sums: each workgroup writes its partial sums; a second pass
-(``segment-sum.glsl``) adds them per segment in a fixed order, so results are deterministic.
+(``segment-sum.glsl``) adds each block's rows in a fixed order into the block's partial, and the host
+adds a segment's block partials in float64, in block order from 0.0 (``segment_totals``), so results
+are deterministic.  A block's rows depend on its length only, so a block has the same partial
+wherever its segment starts: under ``comm`` (hyperopt/distributed.py) a rank's device holds its
+pieces of the segments, and the partials gathered from every rank are one process's.  Control
+kernels read per-segment sums on the device: a third pass adds each segment's block partials
+there (on every rank's gathered partials under ``comm``, which then submits once per summing kernel).
 
 Threads and processes.  Optimizers on one device share its queue, fence and command pool; every
 use of those is under the context's lock (Vulkan requires external synchronisation of both), so
@@ -35,7 +42,7 @@ Files (one concern each; this package re-exports the names other code uses):
                     pipelines and the on-disk pipeline cache), ``context()``, ``validation_messages``,
                     fork and interpreter-exit handling (``shutdown``); all module-level state lives here
     ``memory.py``   ``Buffer``: a storage buffer, host buffers persistently mapped
-    ``layout.py``   ``plan_layout``: segment offsets and work rows (``row_length``)
+    ``layout.py``   ``plan_layout``/``plan_blocks``: segment offsets, work rows and reduction blocks
     ``program.py``  ``VulkanProgram``: descriptor sets, command-buffer recording, launch, timestamps
     ``backend.py``  ``VulkanBackend``: bind, read, write, clear, set_param, program, run, close (and the
                     arena windows past the binding limit)

@@ -11,7 +11,8 @@ import vulkan as vk
 from .. import VulkanUnavailable
 from . import device as _device     # _device._live_backends: replaced in a forked child, so read each time
 from .device import context
-from .layout import ALIGN, plan_layout
+from ...kernels.core import segment_totals
+from .layout import ALIGN, plan_blocks
 from .memory import Buffer
 from .program import VulkanProgram
 
@@ -59,6 +60,9 @@ class VulkanBackend:
         self._ctl = self._host(16)
         self._ctl_host = np.zeros(0, np.float32)   # the optimizer's copy: never a view of device memory
         self._active = None
+        # None in one process; under ``comm`` the distributed layer's view of the whole layout (global
+        # ``segment_blocks`` and ``n_blocks``, and ``gather``, which returns every rank's block partials)
+        self.shard = None
         self._finalizer = weakref.finalize(self, _release, self._owned)
         self._finalizer.atexit = False     # the exit hook (shutdown) closes live backends in order
         _device._live_backends.add(self)
@@ -88,7 +92,7 @@ class VulkanBackend:
     def bind(self, arrays, state_names):
         dtype = self._precision(arrays)
         sizes = np.array([a.size for a in arrays], np.int64)
-        offsets, rows, total = plan_layout(sizes, self.ctx.row_size)     # checked before anything is freed
+        offsets, rows, blocks, segment_blocks, total = plan_blocks(sizes, self.ctx.row_size)   # checked first
         old = {name: [self.read(name, i) for i in range(len(self._params))] for name in self.buffers} if self._arenas else {}
         old_ids = {id(a): i for i, a in enumerate(self._params)}
         self._free_layout()
@@ -97,12 +101,15 @@ class VulkanBackend:
         self.buffers = tuple(state_names)
         self.offsets, self._rows, self.sizes = offsets, rows, sizes
         self.n_rows = len(self._rows)
-        first = np.searchsorted(self._rows[:, 0], np.arange(len(arrays)))
-        counts = np.bincount(self._rows[:, 0], minlength=len(arrays))
         self._work = self._host(self._rows.nbytes)
         self._work.view.view(np.uint32).reshape(-1, 4)[:] = self._rows
-        self._ranges = self._host(len(arrays) * 8)
-        self._ranges.view.view(np.uint32).reshape(-1, 2)[:] = np.c_[first, counts]
+        # reductions: rows -> block partials (``_blocks``: first row, row count per block), block
+        # partials -> the segment totals that control kernels read (``_segment_blocks``)
+        self.n_blocks, self.segment_blocks = len(blocks), segment_blocks
+        self._blocks = self._host(blocks.nbytes)
+        self._blocks.view.view(np.uint32).reshape(-1, 2)[: len(blocks)] = blocks
+        self._segment_blocks = self._host(segment_blocks.nbytes)
+        self._segment_blocks.view.view(np.uint32).reshape(-1, 2)[: len(arrays)] = segment_blocks
         self._windows = self._plan_windows(total)
         for name in ("param", "grad") + self.buffers:
             self._arenas[name] = self._arena(total * self.itemsize)
@@ -268,16 +275,29 @@ class VulkanBackend:
         ctl[:] = self._ctl_host
         for mapped, table in zip(program.mapped_tables, program.tables):
             mapped[...] = table
+        sums = []
+
+        def total(j):      # after the stage that ends with summing kernel j: its per-segment sums
+            buf, n = program.sum_outputs[j]
+            partials = buf.floats(self.dtype)[: self.n_blocks * n].reshape(-1, n).astype(np.float64)
+            if self.shard is None:
+                sums.append(segment_totals(partials, self.segment_blocks))
+                return
+            everyone = self.shard.gather(partials)         # every rank's block partials, in global block order
+            program.global_partials[j][: everyone.size] = everyone.reshape(-1)
+            sums.append(segment_totals(everyone, self.shard.segment_blocks))
         program.launch(upload=grads is not None and staging, upload_params=upload_params and staging,
-                       download=download and staging)
+                       download=download and staging, between=total)
         self._ctl_host[:] = ctl
         if download:
             view, slices, params = self._param_out, self._slices, self._params
             for i in self._active_list:
                 p = params[i]
                 p[...] = view[slices[i]].reshape(p.shape)
-        return [buf.floats(self.dtype)[: len(self._params) * n].reshape(-1, n).astype(np.float64)
-                for buf, n in program.sum_outputs]
+        if self.shard is None:
+            for j in range(len(program.sum_outputs)):
+                total(j)
+        return sums
 
     @property
     def last_kernel_seconds(self):

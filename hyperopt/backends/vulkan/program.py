@@ -27,12 +27,19 @@ class VulkanProgram:
         self._buffers: list[Buffer] = []
         self.tables, self.mapped_tables, self.sum_outputs = [], [], []
         self._sets = []            # (pipeline, layout, descriptor set, push constants, group count) in order
-        n_sets = sum(len(backend._windows) + 1 for _ in self.dispatches) + 1
+        n_sets = sum(len(backend._windows) + 2 for _ in self.dispatches) + 1
         self.pool = vk.vkCreateDescriptorPool(ctx.device, vk.VkDescriptorPoolCreateInfo(
             maxSets=n_sets, poolSizeCount=1, pPoolSizes=[vk.VkDescriptorPoolSize(
                 type=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=n_sets * 16)]), None)
-        last_sums = None
-        steps = []
+        shard = backend.shard
+        if shard is not None:        # the whole layout's segment -> block ranges, for the segment totals
+            shard_ranges = self._own(shard.segment_blocks.nbytes)
+            shard_ranges.view.view(np.uint32)[: shard.segment_blocks.size] = shard.segment_blocks.reshape(-1)
+        self.global_partials = []    # shard mode: per summing kernel, every rank's block partials (host-filled)
+        source = None      # (block partials, segment -> block ranges, n_sums) of the last summing kernel
+        totals = None      # its segment totals on the device, made when a control kernel first needs them
+        red = ctx.pipeline("segment-sum" + backend.variant, FRAME_BINDINGS + 1)
+        stages, steps, self.stage_ends = [], [], []
         for kernel, names in self.dispatches:
             table = self._own(n_seg * max(1, len(kernel.scalars)) * k)
             self.mapped_tables.append(table.floats(dtype)[: n_seg * len(kernel.scalars)].reshape(n_seg, len(kernel.scalars)))
@@ -40,7 +47,12 @@ class VulkanProgram:
             n_bind = FRAME_BINDINGS + len(kernel.buffers)
             pipe = ctx.pipeline(kernel.shader + backend.variant, n_bind)
             if kernel.kind == CONTROL:
-                sums, n_sums = last_sums if last_sums else (self._own(16), 0)
+                if source is not None and totals is None:
+                    partials, ranges, n_sums = source
+                    totals = (self._own(n_seg * n_sums * k), n_sums)
+                    ds = self._set(red, [backend._work, ranges, partials, backend._ctl, totals[0]])
+                    steps.append([(red, ds, (0, 0, n_seg, n_sums), n_seg)])
+                sums, n_sums = totals if totals else (self._own(16), 0)
                 ds = self._set(pipe, [backend._work, table, sums, backend._ctl])
                 steps.append([(pipe, ds, (0, 0, n_seg, n_sums), 1)])
                 continue
@@ -53,14 +65,26 @@ class VulkanProgram:
                 step.append((pipe, ds, (w0, base, n_seg, max(1, n_sums)), nw))
             steps.append(step)
             if n_sums:
-                sums = self._own(n_seg * n_sums * k)
-                red = ctx.pipeline("segment-sum" + backend.variant, FRAME_BINDINGS + 1)
-                ds = self._set(red, [backend._work, backend._ranges, partials, backend._ctl, sums])
-                steps.append([(red, ds, (0, 0, n_seg, n_sums), n_seg)])
-                self.sum_outputs.append((sums, n_sums))
-                last_sums = (sums, n_sums)
-        self._steps = steps
-        self._n_dispatches = sum(len(step) for step in steps)
+                # each block's row partials, added in a fixed order: the block partials the host totals
+                blocks = self._own(backend.n_blocks * n_sums * k)
+                ds = self._set(red, [backend._work, backend._blocks, partials, backend._ctl, blocks])
+                steps.append([(red, ds, (0, 0, n_seg, n_sums), backend.n_blocks)])
+                self.sum_outputs.append((blocks, n_sums))
+                totals = None
+                if shard is None:
+                    self.global_partials.append(None)
+                    source = (blocks, backend._segment_blocks, n_sums)
+                else:                # the step pauses here while the ranks exchange their block partials
+                    everyone = self._own(shard.n_blocks * n_sums * k)
+                    self.global_partials.append(everyone.floats(dtype)[: shard.n_blocks * n_sums])
+                    source = (everyone, shard_ranges, n_sums)
+                    stages.append(steps)
+                    self.stage_ends.append(len(self.sum_outputs) - 1)
+                    steps = []
+        if steps or not stages:
+            stages.append(steps)
+            self.stage_ends.append(None)
+        self._stages = stages
         self._cmds = {}
         self._queries = None               # timestamp query pool, made on first timed launch
         self.kernel_seconds = self.submit_seconds = None
@@ -82,7 +106,10 @@ class VulkanProgram:
         vk.vkUpdateDescriptorSets(self.ctx.device, len(writes), writes, 0, None)
         return ds
 
-    def _record(self, upload, upload_params, download, timed=False):
+    def _record(self, stage, upload, upload_params, download, timed=False):
+        """The command buffer of one stage: the uploads go with the first, the download with the last."""
+        upload, upload_params = (upload, upload_params) if stage == 0 else (False, False)
+        download = download and stage == len(self._stages) - 1
         ctx = self.ctx
         cmd = vk.vkAllocateCommandBuffers(ctx.device, vk.VkCommandBufferAllocateInfo(
             commandPool=ctx.pool, level=vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY, commandBufferCount=1))[0]
@@ -113,7 +140,7 @@ class VulkanProgram:
         if upload or upload_params:
             barrier(transfer, vk.VK_ACCESS_TRANSFER_WRITE_BIT, compute, rw)
         stamp(1)
-        for step in self._steps:
+        for step in self._stages[stage]:
             for pipe, ds, push, groups in step:
                 vk.vkCmdBindPipeline(cmd, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe[0])
                 vk.vkCmdBindDescriptorSets(cmd, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe[1], 0, 1, [ds], 0, None)
@@ -134,19 +161,24 @@ class VulkanProgram:
         vk.vkEndCommandBuffer(cmd)
         return cmd, self.ctx.submit_info(cmd)
 
-    def launch(self, upload, upload_params, download):
-        timed = self.ctx.timestamps and self.ctx.timestamp_bits > 0
-        key = (upload, upload_params, download, timed)
-        with self.ctx.lock:        # the command pool and the queue are shared by the device's optimizers
-            if timed and self._queries is None:
-                self._queries = vk.vkCreateQueryPool(self.ctx.device, vk.VkQueryPoolCreateInfo(
-                    queryType=vk.VK_QUERY_TYPE_TIMESTAMP, queryCount=4), None)
-            if key not in self._cmds:
-                self._cmds[key] = self._record(*key)
-            self.ctx.submit(self._cmds[key][1])
-            launch_counts["vulkan"] += self._n_dispatches
-            if timed:
-                self._read_timestamps()
+    def launch(self, upload, upload_params, download, between=None):
+        """Submit the program: one submit in one process.  Under ``comm`` one per stage, and after a
+        stage that ends with summing kernel ``j``, ``between(j)`` (the exchange of block partials)."""
+        timed = self.ctx.timestamps and self.ctx.timestamp_bits > 0 and len(self._stages) == 1
+        for stage, end in enumerate(self.stage_ends):
+            key = (stage, upload, upload_params, download, timed)
+            with self.ctx.lock:        # the command pool and the queue are shared by the device's optimizers
+                if timed and self._queries is None:
+                    self._queries = vk.vkCreateQueryPool(self.ctx.device, vk.VkQueryPoolCreateInfo(
+                        queryType=vk.VK_QUERY_TYPE_TIMESTAMP, queryCount=4), None)
+                if key not in self._cmds:
+                    self._cmds[key] = self._record(*key)
+                self.ctx.submit(self._cmds[key][1])
+                launch_counts["vulkan"] += sum(len(step) for step in self._stages[stage])
+                if timed:
+                    self._read_timestamps()
+            if end is not None and between is not None:
+                between(end)
 
     def _read_timestamps(self):
         ctx = self.ctx
