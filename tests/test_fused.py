@@ -248,6 +248,54 @@ def test_optimizers_in_four_threads(monkeypatch):
         assert_same_bits(got, want, "threaded AdamW")
 
 
+_LAYER_SCRIPT = """
+import numpy as np, numba
+from hyperopt import AdamW
+p = np.zeros(3 * 2 ** 17, np.float32)
+AdamW([p], use_gpu=False).step(gradients=[np.ones_like(p)])
+print(numba.threading_layer())
+"""
+
+
+@pytest.mark.timeout(300)
+def test_parallel_kernels_run_on_tbb_where_it_is_installed():
+    """The ``numba`` extra installs tbb on x86-64: parallel regions from several threads at once, safe
+    across fork, quick to start.  Elsewhere numba's workqueue layer, serialised by a lock."""
+    import importlib.metadata
+    try:
+        importlib.metadata.files("tbb")
+        expected = "tbb"
+    except importlib.metadata.PackageNotFoundError:
+        expected = "workqueue"
+    r = _python(_LAYER_SCRIPT, HYPEROPT_CPU_KERNELS="numba", NUMBA_THREADING_LAYER=None)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expected
+
+
+def test_many_tensors_of_mixed_dtypes_and_layouts_in_one_run(monkeypatch):
+    """One compiled call serves every parameter: float32 and float64 ones, small and multi-block,
+    a transposed one, and a Fortran-ordered gradient, with the twins' bits."""
+    from hyperopt import HypergradientAdamW
+
+    def run(kernels):
+        monkeypatch.setenv("HYPEROPT_CPU_KERNELS", kernels)
+        rng = np.random.default_rng(11)
+        shapes = [(7,), (300, 500), (3, 4), (2 * CHUNK + 9,), (1,)]
+        dtypes = [np.float32, np.float64, np.float32, np.float32, np.float64]
+        params = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+        params[1] = np.asfortranarray(params[1])          # F-ordered: runs on a C-order copy
+        opt = HypergradientAdamW(params, lr=1e-2, use_gpu=False)
+        assert opt.backend == kernels
+        for _ in range(4):
+            grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
+            grads[2] = np.asfortranarray(grads[2])
+            opt.step(gradients=grads)
+        return params
+
+    for a, b in zip(run("numba"), run("numpy")):
+        assert_same_bits(a, b, "mixed parameters")
+
+
 def _child(queue):
     queue.put(bits(_adamw_run(3 * CHUNK + 5)).tobytes())
 

@@ -216,12 +216,12 @@ def _kernels_hash() -> str:
 def _driver(kernel, parallel: bool, dtypes):
     """The compiled driver of ``kernel`` (``None``: the gradient check) for buffers of ``dtypes``
     (one per buffer), parallel over items or serial, built once per process."""
-    dtypes = tuple(np.dtype(d) for d in dtypes)
     name = kernel.name if kernel is not None else "check"
-    key = (name, parallel, dtypes)
-    fn = _compiled.get(key)
+    fn = _compiled.get((name, parallel, dtypes))      # callers pass tuples of np.dtype: no conversion
     if fn is not None:
         return fn
+    dtypes = tuple(np.dtype(d) for d in dtypes)
+    key = (name, parallel, dtypes)
     with _compile_lock:
         if key not in _compiled:
             numba = load_numba()
