@@ -296,6 +296,34 @@ def test_many_tensors_of_mixed_dtypes_and_layouts_in_one_run(monkeypatch):
         assert_same_bits(a, b, "mixed parameters")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_gradient_check_finds_a_bad_element_anywhere(dtype, monkeypatch):
+    """The compiled check (one parallel pass) refuses NaN, infinities and elements whose square
+    overflows wherever they are, and nothing moves; the largest element with a finite square passes."""
+    from hyperopt import AdamW
+    from hyperopt.optimizer import _square_limit
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "numba")
+    shapes = [(3 * CHUNK + 5,), (7,), (4, 3)]
+    params = [np.ones(s, dtype) for s in shapes]
+    opt = AdamW(params, lr=0.1, use_gpu=False)
+    limit = _square_limit(np.dtype(dtype))
+    edge = np.array(limit, dtype)
+    edge = edge if float(edge) <= limit else np.nextafter(edge, dtype(0))
+    beyond = np.nextafter(edge, dtype(np.inf))
+    for k, where in [(0, 0), (0, CHUNK + 1), (0, 3 * CHUNK + 4), (1, 6), (2, (3, 2))]:
+        for value, message in [(np.nan, "NaN or infinity"), (-np.inf, "NaN or infinity"),
+                               (-beyond, "square overflows"), (beyond, "square overflows")]:
+            grads = [np.zeros(s, dtype) for s in shapes]
+            grads[k][where] = value
+            with pytest.raises(ValueError, match=f"parameter {k} .*{message}"):
+                opt.step(gradients=grads)
+    assert all((p == 1).all() for p in params) and len(opt.state) == 0
+    grads = [np.zeros(s, dtype) for s in shapes]
+    grads[0][-1] = -edge
+    opt.step(gradients=grads)                  # accepted: its square is finite
+    assert len(opt.state) == 3
+
+
 def _child(queue):
     queue.put(bits(_adamw_run(3 * CHUNK + 5)).tobytes())
 

@@ -109,6 +109,13 @@ MUTANTS = [
      "d = (exp_avg[i] / bias_correction1) / (np.sqrt(second / bias_correction2) + eps)",
      "d = exp_avg[i] / (np.sqrt(second / bias_correction2) + eps)", FUSED_HYPER,
      "fused hypergradient direction without the first moment's bias correction"),
+    ("fused-check-nan-only", "hyperopt/backends/numba_backend.py", "ok &= abs(g[j]) <= limit",
+     "ok &= abs(g[j]) == abs(g[j])", [CPU_ONLY, "tests/test_fused.py", "-k", "bad_element"],
+     "the compiled gradient check lets infinities and overflowing squares through"),
+    ("fused-block-order", "hyperopt/backends/numba_backend.py",
+     "    for w in range(items.shape[0]):\n        for k in range(n_sums):",
+     "    for w in range(items.shape[0] - 1, -1, -1):\n        for k in range(n_sums):", FUSED_DOT,
+     "block partials added last block first (sum order differs from the twin)"),
     # ---- host control logic
     ("host-hyst-group-clip", "hyperopt/hysterograd.py", 'group["lr"], group["grad_clip"] or 0.0,',
      'group["lr"], self.defaults["grad_clip"] or 0.0,', HYST, "a group's own grad_clip ignored"),
