@@ -85,25 +85,28 @@ def save(optimizer, path, *, include_params: bool = False, shards: bool = False)
         return _save_shards(optimizer, path, include_params)
     dist = _dist(optimizer)
     root = dist is None or dist.rank == 0
-    with _held(optimizer):   # no step from another thread between the state and the parameters
-        blob, arrays, _ = optimizer._agreed(lambda: _encode_checkpoint(optimizer, include_params, keep_params=root))
     if dist is None:
+        with _held(optimizer):   # no step from another thread between the state and the parameters
+            blob, arrays, _ = _encode_checkpoint(optimizer, include_params)
         old = _old_shard_files(path)
         _write_atomic(path, blob, arrays)
         _remove(old)
         return
-    # every rank gives its pieces, gathered to rank 0 one buffer at a time as rank 0 writes them: no
-    # rank ever holds the whole state, rank 0 one buffer of it beyond its own shard
-    failure = []
-    members = _gathered(dist, arrays)
-    if root:
-        old = _old_shard_files(path)
-        try:
-            _write_atomic(path, blob, members)
-        except Exception as exc:     # reported below, on every rank
-            failure.append(exc)
-    for _ in members:        # the gathers rank 0 did not reach (a failed write), or every gather elsewhere
-        pass
+    # every rank gives its pieces (views: the lock is held until they are written), gathered to
+    # rank 0 one buffer at a time as rank 0 writes that buffer's member: no rank ever holds the
+    # whole state, rank 0 one buffer of it
+    with _held(optimizer):
+        blob, arrays, _ = optimizer._agreed(lambda: _encode_checkpoint(optimizer, include_params, keep_params=root))
+        failure = []
+        members = _gathered(dist, arrays)
+        if root:
+            old = _old_shard_files(path)
+            try:
+                _write_atomic(path, blob, members)
+            except Exception as exc:     # reported below, on every rank
+                failure.append(exc)
+        for _ in members:    # the gathers rank 0 did not reach (a failed write), or every gather elsewhere
+            pass
     optimizer._agreed(lambda: _raise_first(failure))
     if root:
         _remove(old)
@@ -147,7 +150,8 @@ def _encode_checkpoint(optimizer, include_params, keep_params=True, sharded=Fals
         "optimizer": type(optimizer).__name__,
         "params": [{"shape": list(a.shape), "dtype": a.dtype.str} for a in params],
         "include_params": include_params,
-        "state_dict": _encode(optimizer._local_state_dict(pieces=sharded or None), arrays, "state_dict", pieces),
+        "state_dict": _encode(optimizer._local_state_dict(pieces=sharded or None, views=True), arrays, "state_dict",
+                              pieces),
     }
     if include_params:
         meta["param_arrays"] = [_add_array(arrays, a.copy() if keep_params else None) for a in params]
@@ -160,29 +164,35 @@ def _save_shards(optimizer, path, include_params):
     """``save(..., shards=True)``: every rank writes its shard file, then rank 0 the index."""
     dist = _dist(optimizer)
     rank, ranks = (dist.rank, dist.ranks) if dist is not None else (0, 1)
-    with _held(optimizer):
+    with _held(optimizer):   # held until the shard is written: its pieces are views of the live state
         blob, arrays, pieces = optimizer._agreed(
             lambda: _encode_checkpoint(optimizer, include_params, keep_params=rank == 0, sharded=True))
-    params = [_data(p) for p in optimizer.params()]
-    if dist is not None:
-        layout = [[[int(i), int(a), int(b)] for i, a, b in pc] for pc in dist.layout.pieces]
-        token = dist._allgather_text(secrets.token_hex(8))[0]       # rank 0's, on every rank
-    else:
-        layout = [[[i, 0, int(p.size)] for i, p in enumerate(params)]]
-        token = secrets.token_hex(8)
-    # 1. each rank's shard file (its pieces only), under a name no earlier save used
-    mine = _shard_path(path, token, rank, ranks)
-    members = {name: piece.values for name, piece in pieces.items() if piece.stop > piece.start}
-    shard_meta = {"format": SHARD_FORMAT, "version": VERSION, "optimizer": type(optimizer).__name__,
-                  "token": token, "rank": rank, "ranks": ranks,
-                  "members": {name: [pieces[name].index, pieces[name].start, pieces[name].stop] for name in members}}
-    written = []
+        params = [_data(p) for p in optimizer.params()]
+        if dist is not None:
+            layout = [[[int(i), int(a), int(b)] for i, a, b in pc] for pc in dist.layout.pieces]
+            token = dist._allgather_text(secrets.token_hex(8))[0]       # rank 0's, on every rank
+        else:
+            layout = [[[i, 0, int(p.size)] for i, p in enumerate(params)]]
+            token = secrets.token_hex(8)
+        # 1. each rank's shard file (its pieces only), under a name no earlier save used
+        mine = _shard_path(path, token, rank, ranks)
+        members = {name: piece.values for name, piece in pieces.items() if piece.stop > piece.start}
+        shard_meta = {"format": SHARD_FORMAT, "version": VERSION, "optimizer": type(optimizer).__name__,
+                      "token": token, "rank": rank, "ranks": ranks,
+                      "members": {name: [pieces[name].index, pieces[name].start, pieces[name].stop]
+                                  for name in members}}
+        written = []
 
-    def write_shard():
-        _write_atomic(mine, json.dumps(shard_meta, separators=(",", ":")).encode(), members)
-        written.append(mine)
+        def write_shard():
+            _write_atomic(mine, json.dumps(shard_meta, separators=(",", ":")).encode(), members)
+            written.append(mine)
+        try:
+            optimizer._agreed(write_shard)
+        except BaseException:
+            _remove(written)
+            raise
+    del members, pieces
     try:
-        optimizer._agreed(write_shard)
         # 2. the index, by rank 0: replacing it is the moment the new set takes the old one's place
         meta = json.loads(blob)
         meta["shards"] = {"token": token, "ranks": ranks, "layout": layout}
@@ -356,7 +366,15 @@ def load(optimizer, path) -> None:
 def _prepare_load(optimizer, path):
     """The checked state dict and parameter values (or None) of a checkpoint file for ``optimizer``."""
     path = os.fspath(path)
-    meta, arrays = _read(path)
+    archive = _Archive(path, FORMAT)
+    try:
+        return _prepare_from(optimizer, path, archive)
+    finally:
+        archive.close()
+
+
+def _prepare_from(optimizer, path, archive):
+    meta = archive.meta
     name = meta.get("optimizer")
     if name != type(optimizer).__name__:
         raise CheckpointError(f"{path} is a checkpoint of {name!r}, not of {type(optimizer).__name__}")
@@ -371,6 +389,7 @@ def _prepare_load(optimizer, path):
             sharded = _read_shards(optimizer, path, meta, params)
         elif "sharded" in meta:
             raise CheckpointError("sharded buffers without a shard set")
+        arrays = _Members(archive, _dist(optimizer), params, _buffer_refs(optimizer, meta, params))
         state_dict = _decode(meta.get("state_dict"), arrays, sharded)
         values = None
         if meta.get("include_params") is True:
@@ -378,6 +397,9 @@ def _prepare_load(optimizer, path):
             _check_param_values(values, params)
         elif meta.get("include_params") is not False:
             raise CheckpointError("'include_params' must be true or false")
+        for name in archive.names:      # members nothing refers to are still checked (numeric .npy, no pickle)
+            if name not in arrays.read:
+                archive.array(name)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if values is not None:
@@ -385,6 +407,51 @@ def _prepare_load(optimizer, path):
             if not p.flags.writeable:
                 raise CheckpointError(f"{path} holds parameter values, but parameter {i} is a read-only array")
     return state_dict, values
+
+
+def _buffer_refs(optimizer, meta, params) -> dict:
+    """{array name: parameter index} of the per-element buffers of a consolidated file, which a
+    rank under ``comm`` cuts to its piece as it reads them (one whole buffer at a time, never the
+    whole state).  Anything of another form is read whole (``load_state_dict`` checks it)."""
+    if _dist(optimizer) is None:
+        return {}
+    try:
+        items = meta["state_dict"]["state"]["__items__"]
+    except (KeyError, TypeError):
+        return {}
+    kinds = getattr(optimizer, "_buffer_kinds", {})
+    refs = {}
+    for item in items if isinstance(items, list) else ():
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict)):
+            continue
+        i, entry = item
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(params):
+            continue
+        for key, ref in entry.items():
+            if key in kinds and isinstance(ref, dict) and list(ref) == ["__array__"] and isinstance(ref["__array__"], str):
+                refs[ref["__array__"]] = i
+    return refs
+
+
+class _Members:
+    """The arrays of an open archive, read as they are referenced (each read a fresh array): the
+    per-element buffers named in ``cut`` as this rank's ``ShardPiece`` of them."""
+
+    def __init__(self, archive, dist, params, cut):
+        self.archive, self.dist, self.params, self.cut = archive, dist, params, cut
+        self.read = set()
+
+    def __contains__(self, name):
+        return name in self.archive.names
+
+    def __getitem__(self, name):
+        a = self.archive.array(name)
+        self.read.add(name)
+        i = self.cut.get(name)
+        if i is None or a.dtype != self.params[i].dtype or a.shape != self.params[i].shape:
+            return a
+        lo, hi = self.dist.piece_range(i)
+        return ShardPiece(a.reshape(-1)[lo:hi].copy(), lo, hi, a.shape, i)
 
 
 def _read_shards(optimizer, path, meta, params):
@@ -495,15 +562,6 @@ def _check_param_values(values, params):
             raise CheckpointError(f"parameter {i} in the file contains NaN or infinity")
 
 
-def _read(path: str):
-    """(metadata, {name: array}) from a checkpoint file, parsing JSON and raw .npy arrays only."""
-    archive = _Archive(path, FORMAT)
-    try:
-        return archive.meta, {name: archive.array(name) for name in archive.names}
-    finally:
-        archive.close()
-
-
 class _Archive:
     """An open checkpoint or shard file: its checked metadata, its member names; ``array(name)``
     reads one member (JSON and raw .npy only, never pickle)."""
@@ -597,7 +655,7 @@ def _decode(obj, arrays, sharded=None):
     if tag == "__array__":
         if not isinstance(value, str) or value not in arrays:
             raise CheckpointError(f"reference to a missing array {value!r}")
-        return arrays[value].copy()
+        return arrays[value] if isinstance(arrays, _Members) else arrays[value].copy()
     if tag == "__sharded__":
         if sharded is None or not isinstance(value, str) or value not in sharded:
             raise CheckpointError(f"reference to a missing sharded buffer {value!r}")

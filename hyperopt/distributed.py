@@ -298,10 +298,13 @@ class DistributedBackend:
         """This rank's flat element range ``(a, b)`` of parameter ``i`` (``a == b``: none of it)."""
         return self._mine.get(i, (0, 0))
 
-    def read_piece(self, name, i) -> ShardPiece:
-        """This rank's piece of buffer ``name`` of segment ``i``, as a copy (not collective)."""
+    def read_piece(self, name, i, copy: bool = True) -> ShardPiece:
+        """This rank's piece of buffer ``name`` of segment ``i`` (not collective): a copy, or with
+        ``copy=False`` a view of the CPU path's buffer where there is one (valid until the next step)."""
         a, b = self.piece_range(i)
-        values = np.array(self._piece(name, i), copy=True).reshape(-1)
+        values = self._piece(name, i).reshape(-1)
+        if copy and self.engine is None:          # the device's pieces are copies already
+            values = values.copy()
         return ShardPiece(values, a, b, self._params[i].shape, i)
 
     def gather_piece(self, piece: ShardPiece, root: int = 0):

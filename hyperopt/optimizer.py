@@ -437,22 +437,24 @@ class Optimizer:
                 if not local:
                     out[name] = self._backend.read(name, i)
                 elif self.comm is not None:
-                    out[name] = self._backend.read_piece(name, i)
+                    out[name] = self._backend.read_piece(name, i, copy=local != "views")
                 else:         # one process: its piece is the whole buffer
                     full = np.asarray(self._backend.read(name, i))
                     out[name] = ShardPiece(full.reshape(-1), 0, full.size, full.shape, i)
         return out
 
-    def _local_state_dict(self, pieces=None) -> dict:
+    def _local_state_dict(self, pieces=None, views: bool = False) -> dict:
         """``state_dict()`` without a collective: each per-element buffer as this rank's
         ``ShardPiece`` of it (never the whole buffer under ``comm``).  ``pieces`` defaults to
-        whether there is a ``comm``; without one, ``pieces=True`` gives whole-buffer pieces."""
+        whether there is a ``comm``; without one, ``pieces=True`` gives whole-buffer pieces.
+        ``views=True`` (under comm): the pieces may be views of the live buffers, for a caller that
+        holds the optimizer's lock for as long as it reads them (``hyperopt.save``)."""
         if pieces is None:
             pieces = getattr(self, "comm", None) is not None
         if not pieces:
             return self.state_dict()
         with self._lock_of():
-            self._pieces_only = True
+            self._pieces_only = "views" if views else True
             try:
                 return self.state_dict()
             finally:
