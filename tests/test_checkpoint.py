@@ -378,7 +378,8 @@ def test_pickling_or_copying_an_optimizer_points_to_save_and_load(make):
             attempt()
 
 
-def test_functional_hcnaturalgrad_resumes_from_a_file(tmp_path):
+@pytest.mark.parametrize("shards", [False, True], ids=["file", "shards"])
+def test_functional_hcnaturalgrad_resumes_from_a_file(tmp_path, shards):
     rng = np.random.default_rng(0)
     params = {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
     ctx = [{"grads": {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)},
@@ -391,7 +392,7 @@ def test_functional_hcnaturalgrad_resumes_from_a_file(tmp_path):
     half = dict(params)
     for c in ctx[:3]:
         half, _ = opt.step_params(None, half, c)
-    hyperopt.save(opt, tmp_path / "f.ckpt", include_params=True)
+    hyperopt.save(opt, tmp_path / "f.ckpt", include_params=True, shards=shards)
     other = HCNaturalGrad(seed=0)
     hyperopt.load(other, tmp_path / "f.ckpt")
     for c in ctx[3:]:
@@ -438,13 +439,13 @@ def _shard_files(path):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_one_shard_set_round_trips(case, tmp_path):
+def test_a_one_shard_set_round_trips(case, backend, opt_kwargs, tmp_path):
     """Without comm, shards=True writes a one-shard set (index + <path>.<token>.shard-0-of-1) that
     loads bit for bit and resumes as the uninterrupted run."""
     straight = _start()
-    ref = CASES[case](straight, {"use_gpu": False})
+    ref = CASES[case](straight, opt_kwargs)
     first = _start()
-    opt = CASES[case](first, {"use_gpu": False})
+    opt = CASES[case](first, opt_kwargs)
     for t in range(SPLIT):
         _step(ref, t)
         _step(opt, t)
@@ -456,7 +457,7 @@ def test_a_one_shard_set_round_trips(case, tmp_path):
         meta = json.loads(z.read("checkpoint.json"))
     assert meta["shards"]["ranks"] == 1
     resumed = [np.zeros(s, np.float32) for s in SHAPES]
-    other = CASES[case](resumed, {"use_gpu": False})
+    other = CASES[case](resumed, opt_kwargs)
     hyperopt.load(other, path)
     _assert_same_state(other.state_dict(), opt.state_dict())
     for t in range(SPLIT, STEPS):
