@@ -10,6 +10,31 @@ holds is then checked by ``load_state_dict``, which refuses another class's stat
 Writes are atomic: the archive goes to a temporary file in the target's directory, is flushed and
 fsynced, then renamed over the target (and the directory fsynced), so a crash mid-save leaves the
 previous file as it was.
+
+Under ``comm`` (data-parallel, ``hyperopt.distributed``) ``save`` and ``load`` are collective, and
+an error on any rank (a full disk on rank 0, a missing file) is raised on every rank, none left
+waiting.  Two layouts:
+
+* One consolidated file (the default): exactly the single-process format, which any number of
+  ranks, or one process, loads.  Each rank hands in only its own pieces of the per-element state;
+  rank 0 gathers them (``Gatherv``) one buffer at a time, as it writes that buffer's member, so
+  the other ranks never hold more than their shard, and rank 0 one buffer beyond it.
+* A shard set (``save(opt, path, shards=True)``), for large runs: no per-element state travels.
+  Each rank writes its pieces to its own file ``<path>.<token>.shard-<r>-of-<n>``, a zip like a
+  checkpoint (format ``hyperopt-checkpoint-shard``) whose JSON names the set's ``token``, its rank,
+  the rank count and its members (``name: [parameter, start, stop]``: flat element ranges of the
+  parameter).  Then rank 0 writes ``path``, the index: a checkpoint whose state dict refers to the
+  per-element buffers as ``{"__sharded__": name}`` (``"sharded"``: name -> parameter index) and
+  whose ``"shards"`` entry holds the token (random, new for every save), the rank count and the
+  layout (per rank, its ``[parameter, start, stop]`` pieces).  Replacing the index is the moment
+  the new set replaces the old one (whose shard files, under the old token, are then removed), so
+  a crash mid-save leaves the previous checkpoint loadable.  ``load`` checks every shard file
+  against the index (token, rank, rank count, members; the layout must tile every parameter) and
+  refuses a missing, extra-member, mixed or mismatched shard with ``CheckpointError`` on every
+  rank, changing nothing.  With the rank count and layout of the save, each rank reads only its
+  own shard; with any other count (or one process) each rank reads the pieces overlapping its
+  range from the files that hold them.  Without ``comm``, ``shards=True`` writes a one-shard set
+  (``<path>.<token>.shard-0-of-1``), loadable by any rank count.
 """
 from __future__ import annotations
 
@@ -17,6 +42,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import tempfile
 import zipfile
 import zlib
@@ -24,11 +50,14 @@ import zlib
 import numpy as np
 
 from .optimizer import _data, _interrupts_deferred
+from .state_checks import ShardPiece
 
 FORMAT = "hyperopt-checkpoint"
 VERSION = 1
 _META = "checkpoint.json"
-_TAGS = ("__array__", "__tuple__", "__items__")
+_TAGS = ("__array__", "__sharded__", "__tuple__", "__items__")
+SHARD_FORMAT = "hyperopt-checkpoint-shard"
+_TOKEN_CHARS = frozenset("0123456789abcdef")
 _MAX_META_BYTES = 64 << 20
 
 
@@ -37,21 +66,66 @@ class CheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- save
-def save(optimizer, path, *, include_params: bool = False) -> None:
+def save(optimizer, path, *, include_params: bool = False, shards: bool = False) -> None:
     """Write ``optimizer``'s state to ``path`` (atomically; an existing file is replaced).
 
     ``include_params=True`` also stores the parameter arrays, so that the one file resumes a run:
     ``load`` then writes them into the optimizer's parameters in place.
+
+    ``shards=True`` writes a shard set instead of one consolidated file: ``path`` becomes a small
+    index and each rank writes its own per-element state to ``<path>.<token>.shard-R-of-N`` (see the
+    module docstring).  Without ``comm`` it is a one-shard set.  ``load`` reads either kind.
     """
     if not isinstance(include_params, bool):
         raise TypeError(f"include_params must be True or False, got {include_params!r}")
-    with _held(optimizer):                  # no step from another thread between the state and the parameters
-        blob, arrays = _encode_checkpoint(optimizer, include_params)
-    if getattr(optimizer, "comm", None) is None:
-        _write_atomic(os.fspath(path), blob, arrays)
-    else:   # every rank built the consolidated state (a collective); rank 0 writes, every rank learns the outcome
-        rank = optimizer.comm.Get_rank()
-        optimizer._agreed(lambda: _write_atomic(os.fspath(path), blob, arrays) if rank == 0 else None)
+    if not isinstance(shards, bool):
+        raise TypeError(f"shards must be True or False, got {shards!r}")
+    path = os.fspath(path)
+    if shards:
+        return _save_shards(optimizer, path, include_params)
+    dist = _dist(optimizer)
+    root = dist is None or dist.rank == 0
+    if dist is None:
+        with _held(optimizer):   # no step from another thread between the state and the parameters
+            blob, arrays, _ = _encode_checkpoint(optimizer, include_params)
+        old = _old_shard_files(path)
+        _write_atomic(path, blob, arrays)
+        _remove(old)
+        return
+    # every rank gives its pieces (views: the lock is held until they are written), gathered to
+    # rank 0 one buffer at a time as rank 0 writes that buffer's member: no rank ever holds the
+    # whole state, rank 0 one buffer of it
+    with _held(optimizer):
+        blob, arrays, _ = optimizer._agreed(lambda: _encode_checkpoint(optimizer, include_params, keep_params=root))
+        failure = []
+        members = _gathered(dist, arrays)
+        if root:
+            old = _old_shard_files(path)
+            try:
+                _write_atomic(path, blob, members)
+            except Exception as exc:     # reported below, on every rank
+                failure.append(exc)
+        for _ in members:    # the gathers rank 0 did not reach (a failed write), or every gather elsewhere
+            pass
+    optimizer._agreed(lambda: _raise_first(failure))
+    if root:
+        _remove(old)
+
+
+def _dist(optimizer):
+    return optimizer._backend if getattr(optimizer, "comm", None) is not None else None
+
+
+def _raise_first(failures):
+    if failures:
+        raise failures[0]
+
+
+def _gathered(dist, arrays):
+    """``(name, array)`` of every member, each ``ShardPiece`` gathered whole on rank 0 (collective:
+    every rank must run the generator to its end; it yields None for pieces on the other ranks)."""
+    for name, a in arrays.items():
+        yield name, dist.gather_piece(a) if isinstance(a, ShardPiece) else a
 
 
 def _held(optimizer):
@@ -60,30 +134,132 @@ def _held(optimizer):
     return lock if lock is not None else contextlib.nullcontext()
 
 
-def _encode_checkpoint(optimizer, include_params):
+def _encode_checkpoint(optimizer, include_params, keep_params=True, sharded=False):
+    """(JSON blob, {name: array or ShardPiece}, {name: ShardPiece or array} of the sharded buffers).
+
+    Under ``comm`` the per-element buffers are this rank's pieces (``_local_state_dict``).  With
+    ``sharded``, they are referenced as ``{"__sharded__": name}`` and returned apart; without, they
+    are ordinary ``{"__array__": name}`` members, to be gathered.  ``keep_params=False``: the
+    parameter members are placeholders (a rank that does not write them keeps no copy)."""
     params = [_data(p) for p in optimizer.params()]
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict = {}
+    pieces: dict | None = {} if sharded else None
     meta = {
         "format": FORMAT,
         "version": VERSION,
         "optimizer": type(optimizer).__name__,
         "params": [{"shape": list(a.shape), "dtype": a.dtype.str} for a in params],
         "include_params": include_params,
-        "state_dict": _encode(optimizer.state_dict(), arrays, "state_dict"),
+        "state_dict": _encode(optimizer._local_state_dict(pieces=sharded or None, views=True), arrays, "state_dict",
+                              pieces),
     }
     if include_params:
-        meta["param_arrays"] = [_add_array(arrays, a.copy()) for a in params]   # written after the lock
-    return json.dumps(meta, allow_nan=False, separators=(",", ":")).encode(), arrays
+        meta["param_arrays"] = [_add_array(arrays, a.copy() if keep_params else None) for a in params]
+    if sharded:
+        meta["sharded"] = {name: piece.index for name, piece in pieces.items()}
+    return json.dumps(meta, allow_nan=False, separators=(",", ":")).encode(), arrays, pieces
+
+
+def _save_shards(optimizer, path, include_params):
+    """``save(..., shards=True)``: every rank writes its shard file, then rank 0 the index."""
+    dist = _dist(optimizer)
+    rank, ranks = (dist.rank, dist.ranks) if dist is not None else (0, 1)
+    with _held(optimizer):   # held until the shard is written: its pieces are views of the live state
+        blob, arrays, pieces = optimizer._agreed(
+            lambda: _encode_checkpoint(optimizer, include_params, keep_params=rank == 0, sharded=True))
+        params = [_data(p) for p in optimizer.params()]
+        if dist is not None:
+            layout = [[[int(i), int(a), int(b)] for i, a, b in pc] for pc in dist.layout.pieces]
+            token = dist._allgather_text(secrets.token_hex(8))[0]       # rank 0's, on every rank
+        else:
+            layout = [[[i, 0, int(p.size)] for i, p in enumerate(params)]]
+            token = secrets.token_hex(8)
+        # 1. each rank's shard file (its pieces only), under a name no earlier save used
+        mine = _shard_path(path, token, rank, ranks)
+        members = {name: piece.values for name, piece in pieces.items() if piece.stop > piece.start}
+        shard_meta = {"format": SHARD_FORMAT, "version": VERSION, "optimizer": type(optimizer).__name__,
+                      "token": token, "rank": rank, "ranks": ranks,
+                      "members": {name: [pieces[name].index, pieces[name].start, pieces[name].stop]
+                                  for name in members}}
+        written = []
+
+        def write_shard():
+            _write_atomic(mine, json.dumps(shard_meta, separators=(",", ":")).encode(), members)
+            written.append(mine)
+        try:
+            optimizer._agreed(write_shard)
+        except BaseException:
+            _remove(written)
+            raise
+    del members, pieces
+    try:
+        # 2. the index, by rank 0: replacing it is the moment the new set takes the old one's place
+        meta = json.loads(blob)
+        meta["shards"] = {"token": token, "ranks": ranks, "layout": layout}
+        blob = json.dumps(meta, allow_nan=False, separators=(",", ":")).encode()
+        old = []
+
+        def write_index():
+            if rank == 0:
+                old.extend(_old_shard_files(path))
+                _write_atomic(path, blob, arrays)
+        optimizer._agreed(write_index)
+    except BaseException:
+        _remove(written)        # a set that never got its index
+        raise
+    _remove([f for f in old if f not in (_shard_path(path, token, r, ranks) for r in range(ranks))])
+
+
+def _shard_path(path: str, token: str, rank: int, ranks: int) -> str:
+    """The file of shard ``rank`` of the set ``token`` whose index is ``path``."""
+    return f"{path}.{token}.shard-{rank}-of-{ranks}"
+
+
+def _old_shard_files(path: str) -> list[str]:
+    """The shard files of the set whose index is at ``path`` now (none if it is no shard index):
+    removed once a new save has replaced it.  Best effort; names are derived, never read."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(_META)
+            if info.file_size > _MAX_META_BYTES:
+                return []
+            meta = json.loads(z.read(_META).decode("utf-8"))
+        shards = meta.get("shards")
+        token, ranks = shards["token"], shards["ranks"]
+        if not _is_token(token) or not isinstance(ranks, int) or isinstance(ranks, bool) or not 0 < ranks <= 1 << 20:
+            return []
+        return [_shard_path(path, token, r, ranks) for r in range(ranks)]
+    except Exception:
+        return []
+
+
+def _is_token(token) -> bool:
+    return isinstance(token, str) and 0 < len(token) <= 64 and set(token) <= _TOKEN_CHARS
+
+
+def _remove(files) -> None:
+    for f in files:
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
 
 
 def _add_array(arrays, a) -> dict:
     name = f"a{len(arrays)}"
-    arrays[name] = np.ascontiguousarray(a)
+    arrays[name] = a if a is None or isinstance(a, ShardPiece) else np.ascontiguousarray(a)
     return {"__array__": name}
 
 
-def _encode(obj, arrays, where):
-    """JSON-ready form of plain state: arrays by reference, tuples and non-string-keyed dicts tagged."""
+def _encode(obj, arrays, where, pieces=None):
+    """JSON-ready form of plain state: arrays by reference, tuples and non-string-keyed dicts tagged.
+    ``ShardPiece``s: into ``pieces`` as ``{"__sharded__": name}`` where given, else into ``arrays``."""
+    if isinstance(obj, ShardPiece):
+        if pieces is None:
+            return _add_array(arrays, obj)
+        name = f"b{len(pieces)}"
+        pieces[name] = obj
+        return {"__sharded__": name}
     if obj is None or isinstance(obj, (bool, str, int)):
         return obj
     if isinstance(obj, float):
@@ -97,19 +273,21 @@ def _encode(obj, arrays, where):
             raise TypeError(f"cannot save {where}: an array of dtype {obj.dtype}")
         return _add_array(arrays, obj)
     if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, arrays, f"{where}[{k}]") for k, v in enumerate(obj)]}
+        return {"__tuple__": [_encode(v, arrays, f"{where}[{k}]", pieces) for k, v in enumerate(obj)]}
     if isinstance(obj, list):
-        return [_encode(v, arrays, f"{where}[{k}]") for k, v in enumerate(obj)]
+        return [_encode(v, arrays, f"{where}[{k}]", pieces) for k, v in enumerate(obj)]
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: _encode(v, arrays, f"{where}[{k!r}]") for k, v in obj.items()}
-        return {"__items__": [[_encode(k, arrays, where), _encode(v, arrays, f"{where}[{k!r}]")]
+            return {k: _encode(v, arrays, f"{where}[{k!r}]", pieces) for k, v in obj.items()}
+        return {"__items__": [[_encode(k, arrays, where), _encode(v, arrays, f"{where}[{k!r}]", pieces)]
                               for k, v in obj.items()]}
     raise TypeError(f"cannot save {where}: a {type(obj).__name__} is not plain state "
                     "(numbers, strings, lists, dicts and NumPy arrays)")
 
 
-def _write_atomic(path: str, blob: bytes, arrays: dict) -> None:
+def _write_atomic(path: str, blob: bytes, arrays) -> None:
+    """Write the archive: ``blob`` as the metadata, then ``arrays`` ({name: array}, or an iterable of
+    (name, array) pairs, consumed as the members are written)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
@@ -117,7 +295,7 @@ def _write_atomic(path: str, blob: bytes, arrays: dict) -> None:
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
                 z.writestr(_META, blob)
-                for name, a in arrays.items():
+                for name, a in (arrays.items() if isinstance(arrays, dict) else arrays):
                     with z.open(f"{name}.npy", "w", force_zip64=True) as member:
                         _write_array(member, a)
             f.flush()
@@ -169,8 +347,11 @@ def load(optimizer, path) -> None:
     over parameters of the same shapes and dtypes).  All or nothing: a file that is not a valid
     checkpoint for this optimizer raises ``CheckpointError`` (a ``ValueError``) and changes nothing;
     no code from the file ever runs.  If the file holds the parameters, they are written into the
-    optimizer's parameter arrays in place.  With ``comm``, every rank reads the file (a shared
-    filesystem) and keeps its shard; an error on any rank is raised on every rank."""
+    optimizer's parameter arrays in place.  ``path`` is a consolidated file or the index of a shard
+    set (``save(..., shards=True)``), written with any number of ranks.  With ``comm``, every rank
+    reads the file (a shared filesystem) and keeps its shard; from a shard set each rank reads only
+    the pieces of its own range (its own shard file when the rank count and layout are the same).
+    An error on any rank is raised on every rank."""
     state_dict, values = optimizer._agreed(lambda: _prepare_load(optimizer, path)) \
         if getattr(optimizer, "comm", None) is not None else _prepare_load(optimizer, path)
     params = [_data(p) for p in optimizer.params()]
@@ -184,7 +365,16 @@ def load(optimizer, path) -> None:
 
 def _prepare_load(optimizer, path):
     """The checked state dict and parameter values (or None) of a checkpoint file for ``optimizer``."""
-    meta, arrays = _read(os.fspath(path))
+    path = os.fspath(path)
+    archive = _Archive(path, FORMAT)
+    try:
+        return _prepare_from(optimizer, path, archive)
+    finally:
+        archive.close()
+
+
+def _prepare_from(optimizer, path, archive):
+    meta = archive.meta
     name = meta.get("optimizer")
     if name != type(optimizer).__name__:
         raise CheckpointError(f"{path} is a checkpoint of {name!r}, not of {type(optimizer).__name__}")
@@ -194,13 +384,22 @@ def _prepare_load(optimizer, path):
     if layout != mine:
         raise CheckpointError(f"{path} was saved for parameters {_describe(layout)}, this optimizer has {_describe(mine)}")
     try:
-        state_dict = _decode(meta.get("state_dict"), arrays)
+        sharded = None
+        if "shards" in meta:
+            sharded = _read_shards(optimizer, path, meta, params)
+        elif "sharded" in meta:
+            raise CheckpointError("sharded buffers without a shard set")
+        arrays = _Members(archive, _dist(optimizer), params, _buffer_refs(optimizer, meta, params))
+        state_dict = _decode(meta.get("state_dict"), arrays, sharded)
         values = None
         if meta.get("include_params") is True:
             values = [_decode(ref, arrays) for ref in meta.get("param_arrays", ())]
             _check_param_values(values, params)
         elif meta.get("include_params") is not False:
             raise CheckpointError("'include_params' must be true or false")
+        for name in archive.names:      # members nothing refers to are still checked (numeric .npy, no pickle)
+            if name not in arrays.read:
+                archive.array(name)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if values is not None:
@@ -208,6 +407,142 @@ def _prepare_load(optimizer, path):
             if not p.flags.writeable:
                 raise CheckpointError(f"{path} holds parameter values, but parameter {i} is a read-only array")
     return state_dict, values
+
+
+def _buffer_refs(optimizer, meta, params) -> dict:
+    """{array name: parameter index} of the per-element buffers of a consolidated file, which a
+    rank under ``comm`` cuts to its piece as it reads them (one whole buffer at a time, never the
+    whole state).  Anything of another form is read whole (``load_state_dict`` checks it)."""
+    if _dist(optimizer) is None:
+        return {}
+    try:
+        items = meta["state_dict"]["state"]["__items__"]
+    except (KeyError, TypeError):
+        return {}
+    kinds = getattr(optimizer, "_buffer_kinds", {})
+    refs = {}
+    for item in items if isinstance(items, list) else ():
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict)):
+            continue
+        i, entry = item
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(params):
+            continue
+        for key, ref in entry.items():
+            if key in kinds and isinstance(ref, dict) and list(ref) == ["__array__"] and isinstance(ref["__array__"], str):
+                refs[ref["__array__"]] = i
+    return refs
+
+
+class _Members:
+    """The arrays of an open archive, read as they are referenced (each read a fresh array): the
+    per-element buffers named in ``cut`` as this rank's ``ShardPiece`` of them."""
+
+    def __init__(self, archive, dist, params, cut):
+        self.archive, self.dist, self.params, self.cut = archive, dist, params, cut
+        self.read = set()
+
+    def __contains__(self, name):
+        return name in self.archive.names
+
+    def __getitem__(self, name):
+        a = self.archive.array(name)
+        self.read.add(name)
+        i = self.cut.get(name)
+        if i is None or a.dtype != self.params[i].dtype or a.shape != self.params[i].shape:
+            return a
+        lo, hi = self.dist.piece_range(i)
+        return ShardPiece(a.reshape(-1)[lo:hi].copy(), lo, hi, a.shape, i)
+
+
+def _read_shards(optimizer, path, meta, params):
+    """{name: this rank's piece} of every sharded buffer of the index ``meta`` at ``path``: under
+    ``comm`` a ``ShardPiece`` of this rank's range, else the whole buffer; read from the shard
+    files that hold it, checked against the index (same save, same rank count and layout)."""
+    shards = meta["shards"]
+    if not isinstance(shards, dict) or sorted(shards) != ["layout", "ranks", "token"]:
+        raise CheckpointError("malformed 'shards' entry")
+    token, ranks, layout = shards["token"], shards["ranks"], shards["layout"]
+    if not _is_token(token):
+        raise CheckpointError(f"malformed shard set token {token!r}")
+    if not isinstance(ranks, int) or isinstance(ranks, bool) or not 0 < ranks <= 1 << 20:
+        raise CheckpointError(f"malformed shard count {ranks!r}")
+    ranges = _check_layout(layout, ranks, params)          # ranges[i] = [(rank, a, b)] tiling parameter i
+    table = meta.get("sharded")
+    if not isinstance(table, dict):
+        raise CheckpointError("a shard index without its 'sharded' table")
+    for name, i in table.items():
+        if not (isinstance(name, str) and name.isidentifier()) or isinstance(i, bool) or not isinstance(i, int) \
+                or not 0 <= i < len(params):
+            raise CheckpointError(f"malformed sharded buffer {name!r}: {i!r}")
+    # what each shard file must hold: exactly its piece of every sharded buffer
+    expected = [{} for _ in range(ranks)]
+    for name, i in table.items():
+        for r, a, b in ranges[i]:
+            expected[r][name] = [i, a, b]
+    dist = _dist(optimizer)
+    rank, size = (dist.rank, dist.ranks) if dist is not None else (0, 1)
+    archives: dict = {}
+
+    def shard(r):
+        if r not in archives:
+            file = _shard_path(path, token, r, ranks)
+            if not os.path.exists(file):
+                raise CheckpointError(f"the shard set is incomplete: {os.path.basename(file)} is missing")
+            archive = _Archive(file, SHARD_FORMAT)
+            archives[r] = archive
+            m = archive.meta
+            if m.get("token") != token or m.get("rank") != r or m.get("ranks") != ranks:
+                raise CheckpointError(f"{os.path.basename(file)} belongs to another save (shard {m.get('rank')!r} of "
+                                      f"{m.get('ranks')!r}, set {m.get('token')!r}; the index names set {token!r})")
+            if m.get("optimizer") != meta.get("optimizer"):
+                raise CheckpointError(f"{os.path.basename(file)} is a shard of {m.get('optimizer')!r}")
+            if m.get("members") != expected[r] or sorted(archive.names) != sorted(expected[r]):
+                raise CheckpointError(f"{os.path.basename(file)} does not hold the pieces its index names")
+        return archives[r]
+    try:
+        for r in range(rank, ranks, size):   # every shard file opened by some rank: the set is complete
+            shard(r)
+        out = {}
+        for name, i in table.items():
+            p = params[i]
+            lo, hi = dist.piece_range(i) if dist is not None else (0, p.size)
+            values = np.empty(hi - lo, p.dtype)
+            for r, a, b in ranges[i]:
+                if b <= lo or a >= hi:
+                    continue
+                held = shard(r).array(name)
+                if held.dtype != p.dtype or held.shape != (b - a,):
+                    raise CheckpointError(f"shard {r}'s piece {name!r} is not {b - a} {p.dtype} elements")
+                start, stop = max(a, lo), min(b, hi)
+                values[start - lo:stop - lo] = held[start - a:stop - a]
+            out[name] = ShardPiece(values, lo, hi, p.shape, i) if dist is not None else values.reshape(p.shape)
+        return out
+    finally:
+        for archive in archives.values():
+            archive.close()
+
+
+def _check_layout(layout, ranks, params):
+    """``layout`` (per rank, ``[[i, a, b], ...]``) as pieces that tile every parameter in rank order."""
+    if not isinstance(layout, list) or len(layout) != ranks:
+        raise CheckpointError("the shard layout does not list every shard")
+    ranges = [[] for _ in params]
+    for r, pieces in enumerate(layout):
+        if not isinstance(pieces, list):
+            raise CheckpointError(f"malformed layout of shard {r}")
+        for piece in pieces:
+            if not (isinstance(piece, list) and len(piece) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                       for v in piece)):
+                raise CheckpointError(f"malformed piece {piece!r} of shard {r}")
+            i, a, b = piece
+            if not 0 <= i < len(params) or not 0 <= a < b <= params[i].size:
+                raise CheckpointError(f"piece {piece!r} of shard {r} is outside the parameters")
+            ranges[i].append((r, a, b))
+    for i, p in enumerate(params):
+        ends = [0] + [b for _, _, b in ranges[i]]
+        if [a for _, a, _ in ranges[i]] != ends[:-1] or ends[-1] != p.size:
+            raise CheckpointError(f"the shards' pieces of parameter {i} do not cover its {p.size} elements once, in order")
+    return ranges
 
 
 def _describe(layout) -> str:
@@ -227,47 +562,68 @@ def _check_param_values(values, params):
             raise CheckpointError(f"parameter {i} in the file contains NaN or infinity")
 
 
-def _read(path: str):
-    """(metadata, {name: array}) from a checkpoint file, parsing JSON and raw .npy arrays only."""
-    try:
-        z = zipfile.ZipFile(path)
-    except (FileNotFoundError, PermissionError, IsADirectoryError):
-        raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError, RuntimeError):   # damaged
-        raise CheckpointError(f"{path} is not a hyperopt checkpoint (not a zip archive of arrays and JSON; "
-                              "pickle files are never loaded)") from None
-    try:
-        return _read_members(path, z)
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is damaged ({exc})") from None
-    finally:
-        z.close()
+class _Archive:
+    """An open checkpoint or shard file: its checked metadata, its member names; ``array(name)``
+    reads one member (JSON and raw .npy only, never pickle)."""
 
+    def __init__(self, path: str, fmt: str):
+        self.path = path
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError, RuntimeError):   # damaged
+            raise CheckpointError(f"{path} is not a hyperopt checkpoint (not a zip archive of arrays and JSON; "
+                                  "pickle files are never loaded)") from None
+        try:
+            self.meta, self.names = self._guarded(self._members, fmt)
+        except BaseException:
+            self.zip.close()
+            raise
 
-def _read_members(path: str, z: zipfile.ZipFile):
-    names = z.namelist()
-    if _META not in names:
-        raise CheckpointError(f"{path} is not a hyperopt checkpoint (no {_META})")
-    info = z.getinfo(_META)
-    if info.file_size > _MAX_META_BYTES:
-        raise CheckpointError(f"{path}: {_META} is {info.file_size} bytes, more than a checkpoint's metadata")
-    try:
-        meta = json.loads(z.read(_META).decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: {_META} is not valid JSON ({exc})") from None
-    found = meta.get("format") if isinstance(meta, dict) else None
-    if found != FORMAT:
-        raise CheckpointError(f"{path} is not a hyperopt checkpoint (format {found!r})")
-    version = meta.get("version")
-    if version != VERSION or isinstance(version, bool):
-        raise CheckpointError(f"{path} has checkpoint format version {version!r}; this hyperopt reads version {VERSION}")
-    arrays = {}
-    for member in names:
-        if member == _META:
-            continue
-        if not (member.endswith(".npy") and member[:-4].isidentifier()):
-            raise CheckpointError(f"{path} holds an unexpected member {member!r}")
-        with z.open(member) as f:
+    def close(self):
+        self.zip.close()
+
+    def _guarded(self, fn, *args):
+        try:
+            return fn(*args)
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError) as exc:
+            raise CheckpointError(f"{self.path} is damaged ({exc})") from None
+
+    def _members(self, fmt):
+        path, z = self.path, self.zip
+        names = z.namelist()
+        if _META not in names:
+            raise CheckpointError(f"{path} is not a hyperopt checkpoint (no {_META})")
+        info = z.getinfo(_META)
+        if info.file_size > _MAX_META_BYTES:
+            raise CheckpointError(f"{path}: {_META} is {info.file_size} bytes, more than a checkpoint's metadata")
+        try:
+            meta = json.loads(z.read(_META).decode("utf-8"), parse_constant=_refuse_constant)
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: {_META} is not valid JSON ({exc})") from None
+        found = meta.get("format") if isinstance(meta, dict) else None
+        if found != fmt:
+            what = "hyperopt checkpoint" if fmt == FORMAT else "hyperopt checkpoint shard"
+            raise CheckpointError(f"{path} is not a {what} (format {found!r})")
+        version = meta.get("version")
+        if version != VERSION or isinstance(version, bool):
+            raise CheckpointError(f"{path} has checkpoint format version {version!r}; this hyperopt reads version {VERSION}")
+        members = []
+        for member in names:
+            if member == _META:
+                continue
+            if not (member.endswith(".npy") and member[:-4].isidentifier()) or member[:-4] in members:
+                raise CheckpointError(f"{path} holds an unexpected member {member!r}")
+            members.append(member[:-4])
+        return meta, members
+
+    def array(self, name: str) -> np.ndarray:
+        return self._guarded(self._array, name)
+
+    def _array(self, name):
+        path, member = self.path, f"{name}.npy"
+        with self.zip.open(member) as f:
             try:
                 a = np.lib.format.read_array(f, allow_pickle=False)
             except ValueError as exc:     # object arrays among them: "pickled data"
@@ -276,41 +632,44 @@ def _read_members(path: str, z: zipfile.ZipFile):
                 raise CheckpointError(f"{path}: array {member!r} is malformed ({exc})") from None
         if a.dtype.kind not in "biuf":
             raise CheckpointError(f"{path}: array {member!r} has dtype {a.dtype}, not a numeric one")
-        arrays[member[:-4]] = a
-    return meta, arrays
+        return a
 
 
 def _refuse_constant(name):
     raise ValueError(f"{name} is not allowed in a checkpoint")
 
 
-def _decode(obj, arrays):
+def _decode(obj, arrays, sharded=None):
     if obj is None or isinstance(obj, (bool, str, int, float)):
         return obj
     if isinstance(obj, list):
-        return [_decode(v, arrays) for v in obj]
+        return [_decode(v, arrays, sharded) for v in obj]
     if not isinstance(obj, dict):
         raise CheckpointError(f"unexpected JSON value {obj!r}")
     tags = [t for t in _TAGS if t in obj]
     if not tags:
-        return {k: _decode(v, arrays) for k, v in obj.items()}
+        return {k: _decode(v, arrays, sharded) for k, v in obj.items()}
     if len(obj) != 1:
         raise CheckpointError(f"malformed tagged value {sorted(obj)}")
     tag, value = tags[0], obj[tags[0]]
     if tag == "__array__":
         if not isinstance(value, str) or value not in arrays:
             raise CheckpointError(f"reference to a missing array {value!r}")
-        return arrays[value].copy()
+        return arrays[value] if isinstance(arrays, _Members) else arrays[value].copy()
+    if tag == "__sharded__":
+        if sharded is None or not isinstance(value, str) or value not in sharded:
+            raise CheckpointError(f"reference to a missing sharded buffer {value!r}")
+        return sharded[value].copy()
     if not isinstance(value, list):
         raise CheckpointError(f"malformed {tag} value")
     if tag == "__tuple__":
-        return tuple(_decode(v, arrays) for v in value)
+        return tuple(_decode(v, arrays, sharded) for v in value)
     out = {}
     for item in value:
         if not (isinstance(item, list) and len(item) == 2):
             raise CheckpointError("malformed dict item")
-        key = _decode(item[0], arrays)
+        key = _decode(item[0], arrays, sharded)
         if not isinstance(key, (str, int)) or isinstance(key, bool):
             raise CheckpointError(f"dict key {key!r} is neither a string nor an integer")
-        out[key] = _decode(item[1], arrays)
+        out[key] = _decode(item[1], arrays, sharded)
     return out

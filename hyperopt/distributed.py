@@ -31,7 +31,10 @@ element count.  For parameter ``i`` a rank holds the slice ``[a_i, b_i)`` (possi
 
 ``state_dict()``/``state_of()`` are collective: every rank gets the full, consolidated state.
 ``load_state_dict()`` takes that full dict on every rank and keeps its own shard, so a checkpoint
-written with any number of ranks loads with any other.
+written with any number of ranks loads with any other.  Checkpoints (``hyperopt.save``/``load``)
+never materialise the whole state on every rank: they work on each rank's ``ShardPiece``s
+(``read_piece``), gathered to rank 0 one buffer at a time for a consolidated file
+(``gather_piece``), or written by each rank to its own shard file.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from . import backends as _backends
 from .backends import numpy_backend as _numpy_backend
 from .backends.numpy_backend import CHUNK, _parallel
 from .kernels.core import CONTROL, dispatch, segment_totals
+from .state_checks import ShardPiece
 
 def _exception_class(kind: str):
     """The exception class named ``module:qualname`` (builtins and hyperopt's own), else RuntimeError."""
@@ -290,8 +294,50 @@ class DistributedBackend:
         self._allgatherv(self._piece(name, i), full, counts)
         return full.reshape(p.shape)
 
+    def piece_range(self, i):
+        """This rank's flat element range ``(a, b)`` of parameter ``i`` (``a == b``: none of it)."""
+        return self._mine.get(i, (0, 0))
+
+    def read_piece(self, name, i, copy: bool = True) -> ShardPiece:
+        """This rank's piece of buffer ``name`` of segment ``i`` (not collective): a copy, or with
+        ``copy=False`` a view of the CPU path's buffer where there is one (valid until the next step)."""
+        a, b = self.piece_range(i)
+        values = self._piece(name, i).reshape(-1)
+        if copy and self.engine is None:          # the device's pieces are copies already
+            values = values.copy()
+        return ShardPiece(values, a, b, self._params[i].shape, i)
+
+    def gather_piece(self, piece: ShardPiece, root: int = 0):
+        """The full buffer of ``piece``'s parameter on ``root`` (None elsewhere), from every rank's
+        piece of it (collective: every rank passes its piece of the same parameter, in the same order)."""
+        i = piece.index
+        p = self._params[i]
+        counts = [sum(b - a for j, a, b in pc if j == i) for pc in self.layout.pieces]
+        if piece.values.size != counts[self.rank] or piece.values.dtype != p.dtype:
+            raise RuntimeError(f"rank {self.rank} holds {piece.values.size} {piece.values.dtype} elements of "
+                               f"parameter {i}, its shard has {counts[self.rank]} {p.dtype}")
+        displ = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist()
+        dtype = self._MPI._typedict[p.dtype.char]
+        full = np.empty(p.size, p.dtype) if self.rank == root else None
+        self.comm.Gatherv([np.ascontiguousarray(piece.values), dtype],
+                          [full, (counts, displ), dtype] if self.rank == root else None, root=root)
+        if self.rank != root:
+            self.bytes_sent += int(piece.values.nbytes)
+            return None
+        return full.reshape(p.shape)
+
     def write(self, name, i, values):
         a, b = self._mine.get(i, (0, 0))
+        if isinstance(values, ShardPiece):       # this rank's piece already (a checkpoint's load)
+            if (values.start, values.stop) != (a, b):
+                raise ValueError(f"a piece of elements [{values.start}, {values.stop}) of parameter {i} given to "
+                                 f"rank {self.rank}, whose shard holds [{a}, {b})")
+            values = values.values
+            if self.engine is not None:
+                self.engine.write(name, i, values)
+            else:
+                self._piece(name, i)[...] = values
+            return
         values = np.asarray(values)
         values = values if values.ndim == 0 else values.reshape(-1)[a:b]
         if self.engine is not None:

@@ -40,7 +40,7 @@ import _signal
 import numpy as np
 
 from .backends import fit_backend, select_backend
-from .state_checks import check_entry, check_keys, plain_copy
+from .state_checks import ShardPiece, check_entry, check_keys, plain_copy
 
 #: why an optimizer is not pickled or copied, and what to use instead
 _NO_COPY = ("{} objects cannot be {}: an optimizer is bound to the caller's parameter arrays and to device "
@@ -432,9 +432,36 @@ class Optimizer:
         i = self._index[id(p)] if not isinstance(p, int) else p
         out = copy.deepcopy(self._param_state.get(i, {}))
         if i in self._param_state:
+            local = self.__dict__.get("_pieces_only", False)
             for name in self._backend.buffers:
-                out[name] = self._backend.read(name, i)
+                if not local:
+                    out[name] = self._backend.read(name, i)
+                elif self.comm is not None:
+                    out[name] = self._backend.read_piece(name, i, copy=local != "views")
+                else:         # one process: its piece is the whole buffer
+                    full = np.asarray(self._backend.read(name, i))
+                    out[name] = ShardPiece(full.reshape(-1), 0, full.size, full.shape, i)
         return out
+
+    def _local_state_dict(self, pieces=None, views: bool = False) -> dict:
+        """``state_dict()`` without a collective: each per-element buffer as this rank's
+        ``ShardPiece`` of it (never the whole buffer under ``comm``).  ``pieces`` defaults to
+        whether there is a ``comm``; without one, ``pieces=True`` gives whole-buffer pieces.
+        ``views=True`` (under comm): the pieces may be views of the live buffers, for a caller that
+        holds the optimizer's lock for as long as it reads them (``hyperopt.save``)."""
+        if pieces is None:
+            pieces = getattr(self, "comm", None) is not None
+        if not pieces:
+            return self.state_dict()
+        with self._lock_of():
+            self._pieces_only = "views" if views else True
+            try:
+                return self.state_dict()
+            finally:
+                self._pieces_only = False
+
+    def _lock_of(self):
+        return self.__dict__.get("_lock") or self.__dict__.setdefault("_lock", threading.RLock())
 
     def _group_extra(self) -> list[dict]:
         """Per-group state that is not a hyperparameter (override; plain data: numbers, lists, arrays)."""
@@ -479,7 +506,7 @@ class Optimizer:
         optimizer exactly as it was."""
         self._check_open()
         checked = self._agreed(lambda: self._check_state_dict(plain_copy(state_dict)))   # a copy: never alias
-        backup = self.state_dict()
+        backup = self._local_state_dict()     # under comm: this rank's pieces, not the whole state
         with _interrupts_deferred():             # Ctrl-C waits until the load (or its rollback) is done
             try:
                 self._load_state(checked)

@@ -15,6 +15,28 @@ import numpy as np
 _PLAIN = (str, bool, int, float, type(None))
 
 
+class ShardPiece:
+    """One rank's part of a per-element state buffer under ``comm``: the flat elements
+    ``[start, stop)`` (``values``, 1-D) of the buffer of parameter ``index``, whose whole shape is
+    ``shape``.  Checkpoints pass these instead of whole buffers, so that no rank holds another
+    rank's state (``Optimizer._local_state_dict``; ``load_state_dict`` accepts them under comm)."""
+    __slots__ = ("values", "start", "stop", "shape", "index")
+
+    def __init__(self, values, start: int, stop: int, shape, index: int):
+        self.values, self.start, self.stop = values, int(start), int(stop)
+        self.shape, self.index = tuple(shape), int(index)
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def copy(self) -> "ShardPiece":
+        return ShardPiece(np.array(self.values, copy=True), self.start, self.stop, self.shape, self.index)
+
+    def __repr__(self):
+        return f"ShardPiece(parameter {self.index} {self.shape}, elements [{self.start}, {self.stop}))"
+
+
 def plain_copy(obj, where: str = "state dict"):
     """A deep copy built only of dicts, lists, tuples, strings, numbers, None and NumPy arrays.
 
@@ -29,6 +51,8 @@ def plain_copy(obj, where: str = "state dict"):
         if obj.dtype.kind not in "biuf":
             raise TypeError(f"{where} holds an array of dtype {obj.dtype}; only numeric arrays are state")
         return np.array(obj, copy=True)
+    if isinstance(obj, ShardPiece):
+        return obj.copy()
     if isinstance(obj, dict):
         return {plain_copy(k, where): plain_copy(v, f"{where}[{k!r}]") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -95,6 +119,12 @@ def check_entry(kind: str, value, where: str, param: np.ndarray):
         return check_real(value, where, 0.0)
     if kind == "flag":
         return check_flag(value, where)
+    if kind in ("elements", "nonneg elements") and isinstance(value, ShardPiece):
+        if value.shape != param.shape:
+            raise ValueError(f"{where} belongs to a parameter of shape {value.shape}, expected {param.shape}")
+        checked = check_array(value.values, where, shape=(value.stop - value.start,), dtype=param.dtype,
+                              nonneg=kind.startswith("nonneg"))
+        return ShardPiece(checked, value.start, value.stop, value.shape, value.index)
     if kind in ("elements", "nonneg elements"):
         return check_array(value, where, shape=param.shape, dtype=param.dtype, nonneg=kind.startswith("nonneg"))
     if kind == "array":

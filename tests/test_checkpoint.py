@@ -378,7 +378,8 @@ def test_pickling_or_copying_an_optimizer_points_to_save_and_load(make):
             attempt()
 
 
-def test_functional_hcnaturalgrad_resumes_from_a_file(tmp_path):
+@pytest.mark.parametrize("shards", [False, True], ids=["file", "shards"])
+def test_functional_hcnaturalgrad_resumes_from_a_file(tmp_path, shards):
     rng = np.random.default_rng(0)
     params = {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
     ctx = [{"grads": {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)},
@@ -391,7 +392,7 @@ def test_functional_hcnaturalgrad_resumes_from_a_file(tmp_path):
     half = dict(params)
     for c in ctx[:3]:
         half, _ = opt.step_params(None, half, c)
-    hyperopt.save(opt, tmp_path / "f.ckpt", include_params=True)
+    hyperopt.save(opt, tmp_path / "f.ckpt", include_params=True, shards=shards)
     other = HCNaturalGrad(seed=0)
     hyperopt.load(other, tmp_path / "f.ckpt")
     for c in ctx[3:]:
@@ -429,3 +430,156 @@ def test_corrupted_bytes_give_a_clear_error_or_a_checked_load(tmp_path):
             for p in params:
                 assert np.isfinite(p).all()
     assert refused > 100        # the CRC of each member catches almost every flip
+
+
+# ---------------------------------------------------------------------------------------------- shard sets
+def _shard_files(path):
+    return sorted(p for p in os.listdir(os.path.dirname(path)) if p.startswith(os.path.basename(path) + "."))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_one_shard_set_round_trips(case, backend, opt_kwargs, tmp_path):
+    """Without comm, shards=True writes a one-shard set (index + <path>.<token>.shard-0-of-1) that
+    loads bit for bit and resumes as the uninterrupted run."""
+    straight = _start()
+    ref = CASES[case](straight, opt_kwargs)
+    first = _start()
+    opt = CASES[case](first, opt_kwargs)
+    for t in range(SPLIT):
+        _step(ref, t)
+        _step(opt, t)
+    path = str(tmp_path / "run.ckpt")
+    hyperopt.save(opt, path, include_params=True, shards=True)
+    files = _shard_files(path)
+    assert len(files) == 1 and files[0].endswith(".shard-0-of-1")
+    with zipfile.ZipFile(path) as z:
+        meta = json.loads(z.read("checkpoint.json"))
+    assert meta["shards"]["ranks"] == 1
+    resumed = [np.zeros(s, np.float32) for s in SHAPES]
+    other = CASES[case](resumed, opt_kwargs)
+    hyperopt.load(other, path)
+    _assert_same_state(other.state_dict(), opt.state_dict())
+    for t in range(SPLIT, STEPS):
+        _step(ref, t)
+        _step(other, t)
+    assert all(np.array_equal(a, b) for a, b in zip(resumed, straight))
+
+
+def test_a_new_save_replaces_the_old_set(tmp_path):
+    opt, params = _adamw(steps=2)
+    path = str(tmp_path / "run.ckpt")
+    hyperopt.save(opt, path, shards=True)
+    old = _shard_files(path)
+    _step(opt, 2)
+    hyperopt.save(opt, path, shards=True)
+    new = _shard_files(path)
+    assert len(new) == 1 and new != old            # the old set's shard is removed with its index
+    hyperopt.save(opt, path)                       # a consolidated file in its place: no shard left
+    assert _shard_files(path) == []
+    other, _ = _adamw(steps=0)
+    hyperopt.load(other, path)
+    _assert_same_state(other.state_dict(), opt.state_dict())
+
+
+def test_a_failed_shard_set_save_keeps_the_previous_set(tmp_path, monkeypatch):
+    opt, params = _adamw(steps=2)
+    path = str(tmp_path / "run.ckpt")
+    hyperopt.save(opt, path, shards=True)
+    before = opt.state_dict()
+    old = _shard_files(path)
+    _step(opt, 2)
+    from hyperopt import checkpoint
+    real = checkpoint._write_atomic
+
+    def index_fails(target, blob, arrays):
+        if target == path:
+            raise OSError("disk full")
+        real(target, blob, arrays)
+    monkeypatch.setattr(checkpoint, "_write_atomic", index_fails)
+    with pytest.raises(OSError, match="disk full"):
+        hyperopt.save(opt, path, shards=True)
+    assert _shard_files(path) == old               # the new shard is removed, the old set untouched
+    other, _ = _adamw(steps=0)
+    hyperopt.load(other, path)
+    _assert_same_state(other.state_dict(), before)
+
+
+def _rewrite_shard(path, meta_edit=None, array_edit=None):
+    (shard,) = [os.path.join(os.path.dirname(path), f) for f in _shard_files(path)]
+    tmp = shard + ".new"
+    _rewrite(shard, tmp, meta_edit, array_edit)
+    os.replace(tmp, shard)
+    return shard
+
+
+@pytest.mark.parametrize("defect, match", [
+    ("missing shard", "incomplete"),
+    ("shard of another save", "belongs to another save"),
+    ("another rank count", "belongs to another save|incomplete"),
+    ("members", "does not hold the pieces"),
+    ("extra member", "does not hold the pieces"),
+    ("piece length", "is not 48"),
+    ("pickled piece", "without pickle"),
+    ("NaN in a piece", "NaN"),
+    ("layout gap", "do not cover"),
+    ("token with a path", "malformed shard set token"),
+    ("sharded ref in a consolidated file", "sharded buffers without a shard set"),
+    ("shard format", "not a hyperopt checkpoint shard"),
+])
+def test_crafted_or_partial_shard_sets_are_refused_and_change_nothing(tmp_path, defect, match):
+    opt, params = _adamw(steps=3)
+    path = str(tmp_path / "run.ckpt")
+    hyperopt.save(opt, path, include_params=True, shards=True)
+
+    def index(fn):
+        tmp = path + ".new"
+        _rewrite(path, tmp, meta_edit=fn)
+        os.replace(tmp, path)
+    if defect == "missing shard":
+        os.unlink(os.path.join(tmp_path, _shard_files(path)[0]))
+    elif defect == "shard of another save":
+        other = str(tmp_path / "other.ckpt")
+        hyperopt.save(opt, other, shards=True)
+        os.replace(os.path.join(tmp_path, _shard_files(other)[0]), os.path.join(tmp_path, _shard_files(path)[0]))
+    elif defect == "another rank count":
+        index(lambda m: m["shards"].update(ranks=2, layout=m["shards"]["layout"] + [[]]))
+    elif defect == "members":
+        _rewrite_shard(path, meta_edit=lambda m: m["members"].popitem())
+    elif defect == "extra member":
+        shard = os.path.join(tmp_path, _shard_files(path)[0])
+        with zipfile.ZipFile(shard, "a") as z:
+            z.writestr("extra.npy", b"")
+    elif defect == "piece length":
+        _rewrite_shard(path, array_edit=lambda n, a: a[:-1] if n == "b0.npy" else a)
+    elif defect == "pickled piece":
+        shard = os.path.join(tmp_path, _shard_files(path)[0])
+        tmp = shard + ".new"
+        with zipfile.ZipFile(shard) as z, zipfile.ZipFile(tmp, "w") as out:
+            for name in z.namelist():
+                out.writestr(name, _object_array_npy(tmp_path / "pwned") if name == "b0.npy" else z.read(name))
+        os.replace(tmp, shard)
+    elif defect == "NaN in a piece":
+        _rewrite_shard(path, array_edit=lambda n, a: np.full_like(a, np.nan) if n == "b0.npy" else a)
+    elif defect == "layout gap":
+        index(lambda m: m["shards"]["layout"][0][0].__setitem__(1, 1))
+    elif defect == "token with a path":
+        index(lambda m: m["shards"].update(token="../../x"))
+    elif defect == "sharded ref in a consolidated file":
+        index(lambda m: m.pop("shards"))
+    elif defect == "shard format":
+        _rewrite_shard(path, meta_edit=lambda m: m.update(format="hyperopt-checkpoint"))
+    before = opt.state_dict()
+    kept = [p.copy() for p in params]
+    # a structural defect is a CheckpointError; a bad value, the state checks' ValueError (as for one file)
+    with pytest.raises(ValueError if defect == "NaN in a piece" else CheckpointError, match=match):
+        hyperopt.load(opt, path)
+    _assert_same_state(opt.state_dict(), before)
+    assert all(np.array_equal(a, b) for a, b in zip(params, kept))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_shards_must_be_a_bool(tmp_path):
+    opt, _ = _adamw(steps=1)
+    with pytest.raises(TypeError, match="shards must be True or False"):
+        hyperopt.save(opt, tmp_path / "x.ckpt", shards=1)

@@ -87,9 +87,11 @@ def test_bad_gradient_on_the_last_rank(bad, vulkan_device, comm):
 
 
 @pytest.mark.timeout(180)
-def test_checkpoint_round_trip(vulkan_device, comm, tmp_path):
-    """hyperopt.save of a Vulkan run under comm, loaded by half of the ranks on Vulkan and by one
-    process on Vulkan: both continue as the single-process Vulkan optimizer does."""
+@pytest.mark.parametrize("shards", [False, True], ids=["consolidated", "shards"])
+def test_checkpoint_round_trip(shards, vulkan_device, comm, tmp_path):
+    """hyperopt.save of a Vulkan run under comm (one file, or a shard set), loaded by half of the
+    ranks on Vulkan and by one process on Vulkan: both continue as the single-process Vulkan
+    optimizer does."""
     path = comm.bcast(str(tmp_path / "adamw.ckpt") if comm.rank == 0 else None, root=0)
     ps, ref = _start(SHAPES), _start(SHAPES)
     world = AdamW(ps, lr=0.01, amsgrad=True, device=vulkan_device, comm=comm)
@@ -98,7 +100,7 @@ def test_checkpoint_round_trip(vulkan_device, comm, tmp_path):
         local, mean = _local_and_mean(t, comm, SHAPES)
         world.step(gradients=local)
         single.step(gradients=mean)
-    hyperopt.save(world, path, include_params=True)
+    hyperopt.save(world, path, include_params=True, shards=shards)
     assert_same_state(world.state_dict(), single.state_dict())
     comm.Barrier()
     half = comm.Split(color=comm.rank % 2, key=comm.rank)
