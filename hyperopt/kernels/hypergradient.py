@@ -12,29 +12,44 @@ from .core import TILE, dot_sum, kernel, lanes_add, tile_terms
 
 
 def hypergradient_reduce_fused(lo, hi, bufs, s, ctl, lanes):
-    """Fused body of ``hypergradient_reduce``."""
+    """Fused body of ``hypergradient_reduce``: a tile at a time, one straight loop (vectorised)
+    for each combination of the sums that are on, then the tile's terms added to the lanes."""
     grad, direction, exp_avg, grad_ema = bufs
     with_momentum, with_surprise, ema_decay, ema_rate = s
     terms = tile_terms(4)
     for start in range(lo, hi, TILE):
         stop = min(start + TILE, hi)
-        # one loop per sum that is on (the tile stays in cache): straight loops, each vectorised
-        for i in range(start, stop):
-            terms[0, i - start] = np.float64(grad[i]) * np.float64(direction[i])
-        lanes_add(lanes, 0, terms, stop - start)
-        if with_momentum != 0:
-            for i in range(start, stop):
-                terms[1, i - start] = np.float64(grad[i]) * np.float64(exp_avg[i])
-            lanes_add(lanes, 1, terms, stop - start)
-        if with_surprise != 0:
-            for i in range(start, stop):
-                g64 = np.float64(grad[i])
-                terms[2, i - start] = g64 * g64
+        if with_surprise != 0 and with_momentum != 0:
             for i in range(start, stop):
                 g = grad[i]
+                g64 = np.float64(g)
                 err = np.float64(g - grad_ema[i])
+                terms[0, i - start] = g64 * np.float64(direction[i])
+                terms[1, i - start] = g64 * np.float64(exp_avg[i])
+                terms[2, i - start] = g64 * g64
                 terms[3, i - start] = err * err
                 grad_ema[i] = grad_ema[i] * ema_decay + ema_rate * g
+        elif with_surprise != 0:
+            for i in range(start, stop):
+                g = grad[i]
+                g64 = np.float64(g)
+                err = np.float64(g - grad_ema[i])
+                terms[0, i - start] = g64 * np.float64(direction[i])
+                terms[2, i - start] = g64 * g64
+                terms[3, i - start] = err * err
+                grad_ema[i] = grad_ema[i] * ema_decay + ema_rate * g
+        elif with_momentum != 0:
+            for i in range(start, stop):
+                g64 = np.float64(grad[i])
+                terms[0, i - start] = g64 * np.float64(direction[i])
+                terms[1, i - start] = g64 * np.float64(exp_avg[i])
+        else:
+            for i in range(start, stop):
+                terms[0, i - start] = np.float64(grad[i]) * np.float64(direction[i])
+        lanes_add(lanes, 0, terms, stop - start)
+        if with_momentum != 0:
+            lanes_add(lanes, 1, terms, stop - start)
+        if with_surprise != 0:
             lanes_add(lanes, 2, terms, stop - start)
             lanes_add(lanes, 3, terms, stop - start)
 
