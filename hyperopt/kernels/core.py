@@ -35,8 +35,9 @@ tile (``TILE`` elements from ``lo``) at a time: a straight loop writes the tile'
 (``tile_terms``), which ``lanes_add`` adds to the lanes lane-major, each lane in element order, as
 vector additions.  Bodies with several sums or modes run one straight loop per sum or mode over the
 tile (it stays in cache), and a loop over many buffers may go in a helper of its own, so that each
-loop vectorises.  Check a body's compiled loop for packed instructions (``inspect_asm`` of its
-driver) and for the absence of ``vfmadd`` (no contraction).
+loop vectorises (helpers called once per tile may take arrays: their reference counting is paid
+per tile, not per element).  Check a body's compiled loops for packed instructions
+(``inspect_asm`` of its driver) and for the absence of ``vfmadd`` (no contraction).
 
 Per-segment sums
 ----------------

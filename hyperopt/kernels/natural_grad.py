@@ -185,8 +185,10 @@ def natural_grad_hash_project_fused(lo, hi, bufs, s, ctl, lanes):
         for i in range(start, stop):
             hashes[i - start] = hash32_fused(np.uint64(bits[i - lo]) ^ salt)
         for j in range(n):
+            bit = b0 + j
             for i in range(start, stop):
-                terms[j, i - start] = np.float64(hash_sign_fused(hashes[i - start], b0 + j)) * (np.float64(grad[i]) * sc)
+                g = np.float64(grad[i]) * sc
+                terms[j, i - start] = np.float64(hash_sign_fused(hashes[i - start], bit)) * g
             lanes_add(lanes, j, terms, stop - start)
 
 
