@@ -29,7 +29,7 @@ Control array layout: two floats per parameter, ``ctl[2i]`` the smoothed numerat
 """
 import numpy as np
 
-from .core import CONTROL, block_sum, fused_helper, kernel
+from .core import CONTROL, TILE, block_sum, fused_helper, kernel, lanes_add, tile_terms
 
 CTL_STRIDE = 2          # floats per parameter in the control array
 CTL_LR_NUM, CTL_ALPHA = 0, 1
@@ -152,46 +152,81 @@ def autosgm_update(param, grad, g_sm, g_var, g_mag, *, alpha, **front):
     param += v
 
 
+@fused_helper
+def autosgm_front_tile(start, stop, param, grad, g_sm, g_var, g_mag, upd, u_tile, with_u, front):
+    """The front end of ``autosgm_stats`` over elements ``start:stop`` (a tile): ``upd = v``, and
+    ``u_tile[i - start] = u`` (``u = g/d``, or ``g`` without the moment) when ``with_u``.  A helper
+    of its own so that the compiler optimises (vectorises) its loop apart from the body's others."""
+    aopt, huber = front[7], front[12]
+    if with_u:
+        for i in range(start, stop):
+            g, d, v, sm, var, mag = autosgm_front_fused(param[i], grad[i], g_sm[i], g_var[i], g_mag[i], front)
+            g_sm[i] = sm
+            if aopt != 0:
+                g_var[i] = var
+            if huber != 0:
+                g_mag[i] = mag
+            upd[i] = v
+            u_tile[i - start] = g / d if aopt != 0 else g
+    else:
+        for i in range(start, stop):
+            _, _, v, sm, var, mag = autosgm_front_fused(param[i], grad[i], g_sm[i], g_var[i], g_mag[i], front)
+            g_sm[i] = sm
+            if aopt != 0:
+                g_var[i] = var
+            if huber != 0:
+                g_mag[i] = mag
+            upd[i] = v
+
+
 def autosgm_stats_fused(lo, hi, bufs, s, ctl, lanes):
-    """Fused body of ``autosgm_stats``."""
+    """Fused body of ``autosgm_stats``, a tile at a time: the front end, then the estimator of
+    ``num_lrc`` in its own loop (``v`` read back from ``upd``, ``u = g/d`` from a tile of its own),
+    so that each loop is a straight loop over few buffers, which the compiler vectorises; the
+    estimator writes its terms ``e`` to a tile, then added to the lanes (``lanes_add``)."""
     param, grad, g_sm, g_var, g_mag, wsq, pcor, pcx, upd = bufs
     num_lrc, lr0, beta_n, one_minus_beta_n = s[15:]
     aopt, beta_a, huber, one_minus_beta_a = s[7], s[9], s[12], s[13]
     mode = int(num_lrc)
     one = np.ones(1, param.dtype)[0]      # a literal 1 would promote float32 to float64
     front = autosgm_front_scalars(s)
-    for i in range(lo, hi):
-        w = param[i]
-        g, d, v, sm, var, mag = autosgm_front_fused(w, grad[i], g_sm[i], g_var[i], g_mag[i], front)
-        g_sm[i] = sm
-        if aopt != 0:
-            g_var[i] = var
-        if huber != 0:
-            g_mag[i] = mag
-        upd[i] = v
-        if mode == 1 or mode == 2:
-            c = wsq[i] + one_minus_beta_n * (w * w)
-            wsq[i] = beta_n * c
-            c1 = c + one
-            if mode == 1:
-                r = pcor[i] + (lr0 * w) * v
-            else:
-                x = w * v
+    terms = tile_terms(1)
+    u_tile = np.empty(TILE, param.dtype)
+    for start in range(lo, hi, TILE):
+        stop = min(start + TILE, hi)
+        autosgm_front_tile(start, stop, param, grad, g_sm, g_var, g_mag, upd, u_tile, mode == 3, front)
+        if mode == 1:
+            for i in range(start, stop):
+                w = param[i]
+                c = wsq[i] + one_minus_beta_n * (w * w)
+                wsq[i] = beta_n * c
+                c1 = c + one
+                r = pcor[i] + (lr0 * w) * upd[i]
+                pcor[i] = beta_n * r
+                terms[0, i - start] = np.float64(np.minimum(np.abs(r), lr0 * c1))
+        elif mode == 2:
+            for i in range(start, stop):
+                w = param[i]
+                c = wsq[i] + one_minus_beta_n * (w * w)
+                wsq[i] = beta_n * c
+                c1 = c + one
+                x = w * upd[i]
                 mag = np.abs(x)
                 mu = pcx[i] + one_minus_beta_a * mag
                 pcx[i] = beta_a * mu
                 x = np.sign(x) * np.minimum(mag, np.float32(HUBER_CAP) * mu)
                 r = pcor[i] + (lr0 * x) / c1
-            pcor[i] = beta_n * r
-            e = np.minimum(np.abs(r), lr0 * c1)
+                pcor[i] = beta_n * r
+                terms[0, i - start] = np.float64(np.minimum(np.abs(r), lr0 * c1))
         elif mode == 3:
-            u = g / d if aopt != 0 else g
-            r = pcor[i] + one_minus_beta_n * (lr0 * (u * u))
-            pcor[i] = beta_n * r
-            e = np.minimum(r, lr0)
+            for i in range(start, stop):
+                u = u_tile[i - start]
+                r = pcor[i] + one_minus_beta_n * (lr0 * (u * u))
+                pcor[i] = beta_n * r
+                terms[0, i - start] = np.float64(np.minimum(r, lr0))
         else:
-            continue
-        lanes[0, i % 8] += np.float64(e)
+            continue           # no numerator: the sum stays 0
+        lanes_add(lanes, 0, terms, stop - start)
 
 
 @kernel("autosgm_stats",

@@ -26,8 +26,18 @@ in the twin's order of operations, so both give the same bits.  Numba compiles i
 (``hyperopt.backends.numba_backend``), so it is written in the numba subset: plain loops, explicit
 types for literals (``x + 1`` would promote float32 to float64), helpers marked ``@fused_helper``
 that take and return scalars (an array argument costs reference counting on every call).
-Sum ``k`` of the block adds its per-element term to ``lanes[k, i % LANES]``; the backend then
-totals the lanes with ``lanes_total``, which is what ``block_sum`` does for the twins.
+Sum ``k`` of the block adds its per-element term to lane ``(i - lo) % LANES`` of ``lanes[k]``; the
+backend then totals the lanes with ``lanes_total``, which is what ``block_sum`` does for the twins.
+Not element by element, though: ``lanes[k, i % LANES] += term`` is a read-modify-write through
+memory that keeps the compiler from vectorising the loop (and numba leaves LLVM's SLP vectoriser
+off, so eight scalar accumulators would not be vectorised either).  A sum-producing body runs a
+tile (``TILE`` elements from ``lo``) at a time: a straight loop writes the tile's terms to a scratch
+(``tile_terms``), which ``lanes_add`` adds to the lanes lane-major, each lane in element order, as
+vector additions.  Bodies with several sums or modes run one straight loop per sum or mode over the
+tile (it stays in cache), and a loop over many buffers may go in a helper of its own, so that each
+loop vectorises (helpers called once per tile may take arrays: their reference counting is paid
+per tile, not per element).  Check a body's compiled loops for packed instructions
+(``inspect_asm`` of its driver) and for the absence of ``vfmadd`` (no contraction).
 
 Per-segment sums
 ----------------
@@ -115,6 +125,44 @@ def fused_helper(fn: Callable) -> Callable:
 def lanes_total(lanes):
     """The fixed tree that adds a block's eight lane sums."""
     return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+
+
+#: groups of LANES elements per tile of a sum-producing fused body (see ``lanes_add``)
+TILE_GROUPS = 64
+#: elements per tile, unsigned like the bodies' indices (an int would turn ``start + TILE`` into a float)
+TILE = np.uint64(TILE_GROUPS * LANES)
+
+
+@fused_helper
+def tile_terms(n_sums):
+    """The scratch a sum-producing fused body writes its per-element float64 terms to, one tile
+    (``TILE`` elements) at a time: ``terms[k, p]`` is sum ``k``'s term of the tile's element ``p``."""
+    return np.empty((n_sums, TILE), np.float64)
+
+
+@fused_helper
+def lanes_add(lanes, k, terms, n):
+    """Adds the terms ``terms[k, :n]`` of a tile (``n <= TILE``, the tile starting a multiple of
+    LANES elements after the block's start) to the lanes of sum ``k``: lane ``j`` adds the terms
+    ``j, j + LANES, j + 2 LANES, ...`` in that order, as ``lanes[k, p % LANES] += terms[k, p]``
+    element by element would.
+
+    Written lane-major so that the compiler vectorises it without reassociating anything: the
+    inner loop over the tile's groups is unrolled (its trip count is a constant) and the outer loop
+    over the lanes, whose iterations are independent, runs as one vector of lanes; each lane's
+    additions keep their order.  (Adding into ``lanes`` element by element, a read-modify-write
+    through memory, would run as scalar code.)  A tile with ``n < TILE`` terms is padded with
+    +0.0, which adds nothing: a lane starts at +0.0 and can never become -0.0 (a sum is -0.0 only
+    when both of its operands are), and ``x + 0.0`` is ``x`` for every other ``x``, inf and NaN
+    included."""
+    if n < TILE:
+        for p in range(n, TILE):
+            terms[k, p] = 0.0
+    for j in range(lanes.shape[1]):
+        acc = lanes[k, j]
+        for group in range(TILE_GROUPS):
+            acc += terms[k, group * LANES + j]
+        lanes[k, j] = acc
 
 
 def block_sum(terms) -> float:

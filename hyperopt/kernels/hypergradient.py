@@ -8,25 +8,50 @@ direction for the next step and sums its squared norm.  Sums follow the per-segm
 """
 import numpy as np
 
-from .core import dot_sum, kernel
+from .core import TILE, dot_sum, kernel, lanes_add, tile_terms
 
 
 def hypergradient_reduce_fused(lo, hi, bufs, s, ctl, lanes):
-    """Fused body of ``hypergradient_reduce``."""
+    """Fused body of ``hypergradient_reduce``: a tile at a time, one straight loop (vectorised)
+    for each combination of the sums that are on, then the tile's terms added to the lanes."""
     grad, direction, exp_avg, grad_ema = bufs
     with_momentum, with_surprise, ema_decay, ema_rate = s
-    for i in range(lo, hi):
-        g = grad[i]
-        g64 = np.float64(g)
-        j = i % 8
-        lanes[0, j] += g64 * np.float64(direction[i])
+    terms = tile_terms(4)
+    for start in range(lo, hi, TILE):
+        stop = min(start + TILE, hi)
+        if with_surprise != 0 and with_momentum != 0:
+            for i in range(start, stop):
+                g = grad[i]
+                g64 = np.float64(g)
+                err = np.float64(g - grad_ema[i])
+                terms[0, i - start] = g64 * np.float64(direction[i])
+                terms[1, i - start] = g64 * np.float64(exp_avg[i])
+                terms[2, i - start] = g64 * g64
+                terms[3, i - start] = err * err
+                grad_ema[i] = grad_ema[i] * ema_decay + ema_rate * g
+        elif with_surprise != 0:
+            for i in range(start, stop):
+                g = grad[i]
+                g64 = np.float64(g)
+                err = np.float64(g - grad_ema[i])
+                terms[0, i - start] = g64 * np.float64(direction[i])
+                terms[2, i - start] = g64 * g64
+                terms[3, i - start] = err * err
+                grad_ema[i] = grad_ema[i] * ema_decay + ema_rate * g
+        elif with_momentum != 0:
+            for i in range(start, stop):
+                g64 = np.float64(grad[i])
+                terms[0, i - start] = g64 * np.float64(direction[i])
+                terms[1, i - start] = g64 * np.float64(exp_avg[i])
+        else:
+            for i in range(start, stop):
+                terms[0, i - start] = np.float64(grad[i]) * np.float64(direction[i])
+        lanes_add(lanes, 0, terms, stop - start)
         if with_momentum != 0:
-            lanes[1, j] += g64 * np.float64(exp_avg[i])
+            lanes_add(lanes, 1, terms, stop - start)
         if with_surprise != 0:
-            err = np.float64(g - grad_ema[i])
-            lanes[2, j] += g64 * g64
-            lanes[3, j] += err * err
-            grad_ema[i] = grad_ema[i] * ema_decay + ema_rate * g
+            lanes_add(lanes, 2, terms, stop - start)
+            lanes_add(lanes, 3, terms, stop - start)
 
 
 @kernel("hypergradient_reduce",
@@ -59,12 +84,16 @@ def hypergradient_direction_fused(lo, hi, bufs, s, ctl, lanes):
     """Fused body of ``hypergradient_direction``."""
     exp_avg, exp_avg_sq, max_exp_avg_sq, direction = bufs
     bias_correction1, bias_correction2, eps, amsgrad = s
-    for i in range(lo, hi):
-        second = max_exp_avg_sq[i] if amsgrad != 0 else exp_avg_sq[i]
-        d = (exp_avg[i] / bias_correction1) / (np.sqrt(second / bias_correction2) + eps)
-        direction[i] = d
-        d64 = np.float64(d)
-        lanes[0, i % 8] += d64 * d64
+    second = max_exp_avg_sq if amsgrad != 0 else exp_avg_sq
+    terms = tile_terms(1)
+    for start in range(lo, hi, TILE):
+        stop = min(start + TILE, hi)
+        for i in range(start, stop):
+            d = (exp_avg[i] / bias_correction1) / (np.sqrt(second[i] / bias_correction2) + eps)
+            direction[i] = d
+            d64 = np.float64(d)
+            terms[0, i - start] = d64 * d64
+        lanes_add(lanes, 0, terms, stop - start)
 
 
 @kernel("hypergradient_direction",

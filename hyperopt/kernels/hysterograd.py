@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .core import CONTROL, dot_sum, fused_helper, kernel
+from .core import CONTROL, TILE, dot_sum, fused_helper, kernel, lanes_add, tile_terms
 
 # Control array: one record of CTL_STRIDE float32 per parameter group (the GLSL #defines the same).
 CTL_TAU, CTL_TEMP, CTL_ENERGY, CTL_NORM, CTL_BARRIER, CTL_LIQUID, CTL_CLIP, CTL_STARTED = range(8)
@@ -68,12 +68,16 @@ def natural_gradient_fused(lo, hi, bufs, s, ctl, lanes):
     """Fused body of ``natural_gradient``."""
     grad, metric = bufs
     beta, metric_gain, eps, metric_power = s
-    for i in range(lo, hi):
-        g = grad[i]
-        m = metric[i] * beta + (metric_gain * g) * g
-        metric[i] = m
-        c = np.float64(g / (metric.dtype.type(metric_root_fused(m, metric_power)) + eps))
-        lanes[0, i % 8] += c * c
+    terms = tile_terms(1)
+    for start in range(lo, hi, TILE):
+        stop = min(start + TILE, hi)
+        for i in range(start, stop):
+            g = grad[i]
+            m = metric[i] * beta + (metric_gain * g) * g
+            metric[i] = m
+            c = np.float64(g / (metric.dtype.type(metric_root_fused(m, metric_power)) + eps))
+            terms[0, i - start] = c * c
+        lanes_add(lanes, 0, terms, stop - start)
 
 
 @kernel("natural_gradient",

@@ -24,7 +24,7 @@ for (mean 0, variance ``scale**2``); the NumPy twin reproduces them exactly.
 """
 import numpy as np
 
-from .core import block_sum, fused_helper, kernel
+from .core import TILE, block_sum, fused_helper, kernel, lanes_add, tile_terms
 
 WIDTH = 4                          # columns of P per dispatch
 _M1, _M2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
@@ -117,17 +117,15 @@ def natural_grad_project_fused(lo, hi, bufs, s, ctl, lanes):
     grad, proj0, proj1, proj2, proj3 = bufs
     n = int(s[1])
     scale = np.float64(s[0])
-    for i in range(lo, hi):
-        g = np.float64(grad[i]) * scale
-        j = i % 8
-        if n > 0:
-            lanes[0, j] += np.float64(proj0[i]) * g
-        if n > 1:
-            lanes[1, j] += np.float64(proj1[i]) * g
-        if n > 2:
-            lanes[2, j] += np.float64(proj2[i]) * g
-        if n > 3:
-            lanes[3, j] += np.float64(proj3[i]) * g
+    terms = tile_terms(WIDTH)
+    for start in range(lo, hi, TILE):
+        stop = min(start + TILE, hi)
+        # one loop per column (the tile stays in cache): straight loops, each vectorised
+        for k, proj in enumerate((proj0, proj1, proj2, proj3)):
+            if k < n:
+                for i in range(start, stop):
+                    terms[k, i - start] = np.float64(proj[i]) * (np.float64(grad[i]) * scale)
+                lanes_add(lanes, k, terms, stop - start)
 
 
 @kernel("natural_grad_project",
@@ -180,11 +178,18 @@ def natural_grad_hash_project_fused(lo, hi, bufs, s, ctl, lanes):
     n, b0, sc = int(n_cols), int(bit0), np.float64(scale)
     salt = hash32_fused(np.uint64(int(stream)))
     bits = key[lo:hi].astype(np.float32).view(np.uint32)
-    for i in range(lo, hi):
-        h = hash32_fused(np.uint64(bits[i - lo]) ^ salt)
-        g = np.float64(grad[i]) * sc
+    terms = tile_terms(WIDTH)
+    hashes = np.empty(TILE, np.uint64)
+    for start in range(lo, hi, TILE):
+        stop = min(start + TILE, hi)
+        for i in range(start, stop):
+            hashes[i - start] = hash32_fused(np.uint64(bits[i - lo]) ^ salt)
         for j in range(n):
-            lanes[j, i % 8] += np.float64(hash_sign_fused(h, b0 + j)) * g
+            bit = b0 + j
+            for i in range(start, stop):
+                g = np.float64(grad[i]) * sc
+                terms[j, i - start] = np.float64(hash_sign_fused(hashes[i - start], bit)) * g
+            lanes_add(lanes, j, terms, stop - start)
 
 
 @kernel("natural_grad_hash_project",
@@ -205,14 +210,20 @@ def natural_grad_hash_expand_fused(lo, hi, bufs, s, ctl, lanes):
     cs = (c0, c1, c2, c3)
     salt = hash32_fused(np.uint64(int(stream)))
     bits = key[lo:hi].astype(np.float32).view(np.uint32)
-    for i in range(lo, hi):
-        h = hash32_fused(np.uint64(bits[i - lo]) ^ salt)
-        x = param[i]
+    hashes = np.empty(TILE, np.uint64)
+    for start in range(lo, hi, TILE):
+        stop = min(start + TILE, hi)
+        for i in range(start, stop):
+            hashes[i - start] = hash32_fused(np.uint64(bits[i - lo]) ^ salt)
+        # a column at a time, ``param`` holding the running sum in between (the same roundings as
+        # one running value per element): straight loops, each vectorised
         for j in range(n):
-            x = x + cs[j] * hash_sign_fused(h, b0 + j)
+            c, bit = cs[j], b0 + j
+            for i in range(start, stop):
+                param[i] = param[i] + c * hash_sign_fused(hashes[i - start], bit)
         if apply_clip != 0:
-            x = np.minimum(np.maximum(x, -clip), clip)
-        param[i] = x
+            for i in range(start, stop):
+                param[i] = np.minimum(np.maximum(param[i], -clip), clip)
 
 
 @kernel("natural_grad_hash_expand",

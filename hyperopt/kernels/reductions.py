@@ -7,13 +7,17 @@ gives the same bits every run (and for any number of MPI ranks).
 """
 import numpy as np
 
-from .core import dot_sum, kernel
+from .core import TILE, dot_sum, kernel, lanes_add, tile_terms
 
 
 def reduce_dot_fused(lo, hi, bufs, s, ctl, lanes):
     a, b = bufs
-    for i in range(lo, hi):
-        lanes[0, i % 8] += np.float64(a[i]) * np.float64(b[i])
+    terms = tile_terms(1)
+    for start in range(lo, hi, TILE):
+        stop = min(start + TILE, hi)
+        for i in range(start, stop):
+            terms[0, i - start] = np.float64(a[i]) * np.float64(b[i])
+        lanes_add(lanes, 0, terms, stop - start)
 
 
 @kernel("reduce_dot", buffers=("a", "b"), sums=("dot",), fused=reduce_dot_fused)
@@ -23,9 +27,13 @@ def reduce_dot(a, b):
 
 def reduce_sumsq_fused(lo, hi, bufs, s, ctl, lanes):
     (a,) = bufs
-    for i in range(lo, hi):
-        x = np.float64(a[i])
-        lanes[0, i % 8] += x * x
+    terms = tile_terms(1)
+    for start in range(lo, hi, TILE):
+        stop = min(start + TILE, hi)
+        for i in range(start, stop):
+            x = np.float64(a[i])
+            terms[0, i - start] = x * x
+        lanes_add(lanes, 0, terms, stop - start)
 
 
 @kernel("reduce_sumsq", buffers=("a",), sums=("sumsq",), fused=reduce_sumsq_fused)
