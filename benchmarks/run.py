@@ -4,7 +4,8 @@
     python -m benchmarks.run --only AdamW HL --sizes 1e4 1e6 mix200 --device vulkan:cpu
 
 Each cell is the median time of ``opt.step(gradients=...)`` over repeated steps after two warm-up
-steps, Python included, on float32 parameters: one tensor of each size (1e4 ... 16e6 elements) and
+steps, Python included, the cells of a row taking turns (three rounds each, so that a drift in the
+machine's speed hits them alike), on float32 parameters: one tensor of each size (1e4 ... 16e6 elements) and
 a mix of 200 tensors (3.2M elements, shaped like a small CNN).  Side by side, per optimizer and size:
 
 * NumPy twins   ``use_gpu=False`` with ``HYPEROPT_CPU_KERNELS=numpy``;
@@ -145,21 +146,28 @@ def vulkan_device(requested: str | None):
 
 # ---------------------------------------------------------------- timing
 
-def time_steps(step, budget_s, min_reps=3, max_reps=200, warmup=2):
-    """Median seconds of ``step()`` after ``warmup`` calls, over ``budget_s`` (at least ``min_reps``)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def time_steps(steps: dict, budget_s, rounds=3, min_reps=3, max_reps=200, warmup=2) -> dict:
+    """Median seconds of each ``steps[key]()``, timed in turns: ``rounds`` rounds in which every step
+    runs for ``budget_s / rounds`` (at least ``min_reps`` times), after ``warmup`` calls each.  Turns
+    give every column of a row the same machine: on a shared virtual machine speed drifts over
+    seconds, which would otherwise favour whichever column ran in a fast moment."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            start, n = time.perf_counter(), 0
+            while n < min_reps or (n < max_reps // rounds and time.perf_counter() - start < budget_s / rounds):
+                t0 = time.perf_counter()
+                step()
+                times[key].append(time.perf_counter() - t0)
+                n += 1
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
-def bench_optimizer(factory, shapes, use_gpu, device, budget_s, cpu_kernels="numpy"):
-    """{"seconds", "backend", "bytes_per_element", "kernel_seconds"} of one optimizer on one set of shapes."""
+def optimizer_step(factory, shapes, use_gpu, device, cpu_kernels="numpy"):
+    """(step, optimizer) of one optimizer on one set of float32 shapes, fixed gradients."""
     rng = np.random.default_rng(0)
     params = [(0.1 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
     grads = [(0.01 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
@@ -172,14 +180,7 @@ def bench_optimizer(factory, shapes, use_gpu, device, budget_s, cpu_kernels="num
             os.environ.pop("HYPEROPT_CPU_KERNELS")
         else:
             os.environ["HYPEROPT_CPU_KERNELS"] = saved
-    try:
-        def step():
-            opt.step(gradients=grads)
-        return dict(seconds=time_steps(step, budget_s), backend=opt.backend,
-                    bytes_per_element=4 * (3 + 2 * len(opt._backend.buffers)), kernel_seconds=kernel_seconds(opt, step))
-    finally:
-        if hasattr(opt, "close"):
-            opt.close()
+    return (lambda: opt.step(gradients=grads)), opt
 
 
 def kernel_seconds(opt, step, reps=3):
@@ -251,15 +252,14 @@ def first_step_cost():
     return out
 
 
-def bench_torch(shapes, mode, budget_s):
-    """Median step seconds of torch.optim.AdamW (``foreach`` or ``fused``) on CPU tensors."""
+def torch_step(shapes, mode):
+    """``step`` of torch.optim.AdamW (``foreach`` or ``fused``) on CPU tensors with fixed gradients."""
     import torch
     rng = np.random.default_rng(0)
     params = [torch.tensor((0.1 * rng.standard_normal(s)).astype(np.float32), requires_grad=True) for s in shapes]
     for p in params:
         p.grad = torch.tensor((0.01 * rng.standard_normal(p.shape)).astype(np.float32))
-    opt = torch.optim.AdamW(params, lr=1e-3, **{mode: True})
-    return time_steps(opt.step, budget_s)
+    return torch.optim.AdamW(params, lr=1e-3, **{mode: True}).step
 
 
 # ---------------------------------------------------------------- results
@@ -325,32 +325,38 @@ def main(argv=None):
         for size in sizes:
             n = elements(size)
             row = {"optimizer": name, "size": label(size), "elements": n}
+            steps, opts = {}, {}
             for key, use_gpu, device, kernels in backends:
-                k += 1
-                cell = bench_optimizer(all_cases[name], shapes_for(size), use_gpu, device, args.budget, kernels)
-                if key == "vulkan" and cell["backend"] != vk["name"]:     # say it; never file it as Vulkan
-                    notes.append(f"{name} at {label(size)}: asked for {vk['name']} but ran on {cell['backend']}; "
+                steps[key], opts[key] = optimizer_step(all_cases[name], shapes_for(size), use_gpu, device, kernels)
+                if key == "vulkan" and opts[key].backend != vk["name"]:     # say it; never file it as Vulkan
+                    notes.append(f"{name} at {label(size)}: asked for {vk['name']} but ran on {opts[key].backend}; "
                                  "not recorded")
                     print(notes[-1], file=sys.stderr, flush=True)
-                    continue
-                row["B/elt"] = cell["bytes_per_element"]
-                row[key] = cell["seconds"] * 1e3
-                print(f"[{k:3d}/{total}] {name:24s} {label(size):>20s} {key:8s} {cell['seconds'] * 1e3:10.3f} ms",
-                      flush=True)
-                if key == "numba":
-                    row["numba GB/s"] = cell["bytes_per_element"] * n / cell["seconds"] / 1e9
-                    if triad:
-                        row["of triad"] = f"{row['numba GB/s'] / triad:.0%}"
-                if key == "vulkan" and cell["kernel_seconds"]:
-                    row["kernel"] = cell["kernel_seconds"] * 1e3
-                    row["kernel GB/s"] = cell["bytes_per_element"] * n / cell["kernel_seconds"] / 1e9
+                    opts.pop(key).close()
+                    del steps[key]
             if name == "AdamW":
                 for mode in torch_modes:
+                    steps[f"torch {mode}"] = torch_step(shapes_for(size), mode)
+            try:
+                seconds = time_steps(steps, args.budget)
+                for key, value in seconds.items():
                     k += 1
-                    seconds = bench_torch(shapes_for(size), mode, args.budget)
-                    row[f"torch {mode}"] = seconds * 1e3
-                    print(f"[{k:3d}/{total}] {name:24s} {label(size):>20s} torch {mode:8s} {seconds * 1e3:10.3f} ms",
-                          flush=True)
+                    row[key] = value * 1e3
+                    print(f"[{k:3d}/{total}] {name:24s} {label(size):>20s} {key:13s} {value * 1e3:10.3f} ms", flush=True)
+                    if key in opts:
+                        row["B/elt"] = 4 * (3 + 2 * len(opts[key]._backend.buffers))
+                if "numba" in row:
+                    row["numba GB/s"] = row["B/elt"] * n / (row["numba"] / 1e3) / 1e9
+                    if triad:
+                        row["of triad"] = f"{row['numba GB/s'] / triad:.0%}"
+                if "vulkan" in opts:
+                    kernel = kernel_seconds(opts["vulkan"], steps["vulkan"])
+                    if kernel:
+                        row["kernel"] = kernel * 1e3
+                        row["kernel GB/s"] = row["B/elt"] * n / kernel / 1e9
+            finally:
+                for opt in opts.values():
+                    opt.close()
             rows.append(row)
 
     headers = dict(columns_for(vk))
@@ -358,7 +364,8 @@ def main(argv=None):
     columns = ["optimizer", "size", "B/elt"] + [headers[key] for key in present]
     table = [{"optimizer": r["optimizer"], "size": r["size"], "B/elt": r.get("B/elt", ""),
               **{headers[key]: r.get(key, "") for key in present}} for r in rows]
-    notes += ["ms: median milliseconds per `step(gradients=...)`, Python included, float32, after 2 warm-up steps",
+    notes += ["ms: median milliseconds per `step(gradients=...)`, Python included, float32, after 2 warm-up steps; "
+              "the columns of a row take turns (3 rounds each), so they share the machine's moments",
               "B/elt: bytes a step must move per element (parameter and each state buffer read and written, "
               "gradient read); GB/s = B/elt x elements / step time",
               "kernel-only: the Vulkan step's dispatches alone, from GPU timestamps (no copies, no Python)",
