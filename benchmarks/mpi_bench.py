@@ -2,6 +2,7 @@
 
     python -m benchmarks.mpi_bench                         # launches mpiexec -n 1, 2, 4; one table
     python -m benchmarks.mpi_bench --ranks 1 2 --elements 1000000 --optimizer HIOptimizer
+    python -m benchmarks.mpi_bench --device vulkan:cpu --out results/   # each rank on a Vulkan device
     mpiexec -n 4 python -m benchmarks.mpi_bench --worker   # one measurement (what the launcher runs)
 
 Each rank steps the optimizer over the same parameter list (a few layers, ``--elements`` in all)
@@ -37,7 +38,7 @@ def worker(args):
     rng = np.random.default_rng(comm.rank)
     shapes = _shapes(args.elements)
     params = [np.random.default_rng(0).standard_normal(s).astype(np.float32) for s in shapes]
-    opt = make_optimizer(args.optimizer, params, comm if comm.size > 1 or args.force_comm else None)
+    opt = make_optimizer(args.optimizer, params, comm if comm.size > 1 or args.force_comm else None, args.device)
     grads = [[(0.01 * rng.standard_normal(s)).astype(np.float32) for s in shapes] for _ in range(2)]
     backend = opt._backend
     opt.step(gradients=grads[0])                      # first step: state appears
@@ -48,7 +49,8 @@ def worker(args):
         opt.step(gradients=grads[t % 2])
         times.append(time.perf_counter() - start)
     sent = (getattr(backend, "bytes_sent", 0) - sent) / args.steps
-    state = sum(b.nbytes for bufs in backend._state.values() for b in bufs)
+    # the per-element state this rank keeps: its pieces of every state buffer (on its device, or here)
+    state = sum((b - a) * opt._arrays[i].itemsize for i, (a, b) in backend._mine.items()) * len(backend.buffers)
     rows = comm.gather({"state_bytes": state, "step_s": float(np.median(times)), "sent_per_step": sent}, root=0)
     if comm.rank == 0:
         print(json.dumps({"ranks": comm.size, "optimizer": args.optimizer, "kernels": opt.backend, "elements": sum(int(np.prod(s)) for s in shapes),
@@ -61,10 +63,14 @@ def launch(args):
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
     if mpiexec is None:
         sys.exit("mpi_bench: no mpiexec found (pip install -e '.[mpi]')")
-    print(f"{'ranks':>5} {'optimizer':>22} {'kernels':>7} {'elements':>10} {'state/rank MiB':>15} {'step ms':>9} {'sent/step MiB':>14}")
+    header = ["ranks", "optimizer", "kernels", "elements", "state/rank MiB", "step ms", "sent/step MiB"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|---:|---:|---:|---:|"]
+    print(" ".join(f"{h:>14}" for h in header))
     for n in args.ranks:
         cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "benchmarks.mpi_bench", "--worker",
                "--elements", str(args.elements), "--steps", str(args.steps), "--optimizer", args.optimizer]
+        if args.device:
+            cmd += ["--device", args.device]
         if n == 1:
             cmd.append("--force-comm")                # the distributed layer on one rank (not comm=None)
         env = dict(os.environ, HYPEROPT_NUMPY_THREADS=os.environ.get("HYPEROPT_NUMPY_THREADS", "1"))
@@ -72,8 +78,24 @@ def launch(args):
         if out.returncode:
             sys.exit(f"mpi_bench: {' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['ranks']:>5} {r['optimizer']:>22} {r['kernels']:>7} {r['elements']:>10} {r['state_bytes_max'] / 2**20:>15.2f} "
-              f"{1e3 * r['step_s']:>9.2f} {r['sent_per_step'] / 2**20:>14.2f}")
+        cells = [str(r["ranks"]), r["optimizer"], r["kernels"], str(r["elements"]), f"{r['state_bytes_max'] / 2**20:.2f}",
+                 f"{1e3 * r['step_s']:.2f}", f"{r['sent_per_step'] / 2**20:.2f}"]
+        print(" ".join(f"{c:>14}" for c in cells), flush=True)
+        lines.append("| " + " | ".join(cells) + " |")
+    if args.out:
+        import platform
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, f"mpi_bench_{args.device.replace(':', '-')}.md" if args.device else "mpi_bench.md")
+        with open(path, "w") as f:
+            f.write("# Data-parallel optimizers over MPI: state per rank, step time, bytes per step\n\n"
+                    f"- command: `python -m benchmarks.mpi_bench {' '.join(sys.argv[1:])}`\n"
+                    f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+                    f"- machine: {platform.machine()}, {os.cpu_count()} cores; ranks share them, so a step "
+                    "time shows the exchange's cost, not a speed-up\n"
+                    "- state/rank: the largest per-element optimizer state one rank holds; step: median wall "
+                    "time of the slowest rank; sent/step: bytes one rank hands to MPI per step\n\n"
+                    + "\n".join(lines) + "\n")
+        print(f"wrote {path}")
 
 
 def main(argv=None):
@@ -83,6 +105,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--optimizer", default="AdamW")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--device", default=None, help="each rank's device, e.g. vulkan:cpu (default: the CPU path)")
+    ap.add_argument("--out", default=None, help="folder to write mpi_bench.md into")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--force-comm", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -3,6 +3,7 @@
     mpiexec -n 2 python -m benchmarks.train_mpi                       # moons, AdamW
     mpiexec -n 4 python -m benchmarks.train_mpi --dataset digits --optimizer HIOptimizer
     python -m benchmarks.train_mpi --emulate 2     # one process computing both ranks' parts
+    mpiexec -n 2 python -m benchmarks.train_mpi --device vulkan:cpu   # each rank on a Vulkan device
 
 Every rank draws the same global batches (same seed), cuts each into equal contiguous parts and
 computes the gradient of its part's mean loss; the optimizer averages the parts over the ranks (in a
@@ -25,10 +26,10 @@ from benchmarks.tasks import MLP, digits, two_moons
 DATASETS = {"moons": (two_moons, [16, 16], 60), "digits": (digits, [64], 30)}
 
 
-def make_optimizer(name, params, comm):
-    """The settings of benchmarks/train.py, on the CPU path."""
+def make_optimizer(name, params, comm, device=None):
+    """The settings of benchmarks/train.py, on the CPU path (or on ``device``, e.g. ``"vulkan:cpu"``)."""
     import hyperopt
-    kw = dict(use_gpu=False, comm=comm)
+    kw = dict(use_gpu=device not in (None, "cpu"), device=device, comm=comm)
     if name == "AdamW":
         return hyperopt.AdamW(params, lr=1e-2, **kw)
     if name == "HypergradientAdamW":
@@ -50,7 +51,8 @@ def make_optimizer(name, params, comm):
 OPTIMIZERS = ["AdamW", "HypergradientAdamW", "AutoHypergradientAdamW", "HIOptimizer", "AutoSGM", "HCNaturalGrad", "HL"]
 
 
-def run(dataset="moons", optimizer="AdamW", *, epochs=None, batch_size=64, comm=None, emulate=1, seed=0):
+def run(dataset="moons", optimizer="AdamW", *, epochs=None, batch_size=64, comm=None, emulate=1, seed=0,
+        device=None):
     """Train; returns (per-step mean losses, test accuracy, parameter checksum, seconds)."""
     load, hidden, default_epochs = DATASETS[dataset]
     Xtr, ytr, Xte, yte = load(seed=seed)
@@ -58,7 +60,7 @@ def run(dataset="moons", optimizer="AdamW", *, epochs=None, batch_size=64, comm=
     ranks, rank = (comm.size, comm.rank) if comm is not None else (emulate, None)
     if batch_size % ranks:
         raise ValueError(f"batch size {batch_size} does not divide into {ranks} equal parts")
-    opt = make_optimizer(optimizer, model.params, comm)
+    opt = make_optimizer(optimizer, model.params, comm, device)
     rng = np.random.default_rng(seed)
     losses, start = [], time.perf_counter()
     for _ in range(epochs or default_epochs):
@@ -86,6 +88,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=64, help="global batch (all ranks together)")
     ap.add_argument("--emulate", type=int, default=1, help="one process computing this many ranks' parts")
+    ap.add_argument("--device", default=None, help="each rank's device, e.g. vulkan:cpu (default: the CPU path)")
     args = ap.parse_args(argv)
     comm = None
     try:
@@ -97,14 +100,16 @@ def main(argv=None):
     if comm is not None and args.emulate != 1:
         ap.error("--emulate is for one process; under mpiexec the ranks are real")
     losses, acc, checksum, seconds = run(args.dataset, args.optimizer, epochs=args.epochs,
-                                         batch_size=args.batch_size, comm=comm, emulate=args.emulate)
+                                         batch_size=args.batch_size, comm=comm, emulate=args.emulate,
+                                         device=args.device)
     final = float(np.mean(losses[-10:]))
     if comm is not None:                          # the ranks' parts together (for the printout only)
         final = float(np.mean(comm.gather(final, root=0) or [0.0]))
     if comm is None or comm.rank == 0:
         how = f"{comm.size} ranks" if comm is not None else (f"1 process emulating {args.emulate} ranks"
                                                              if args.emulate > 1 else "1 process")
-        print(f"{args.dataset} {args.optimizer} on {how}: {len(losses)} steps, final loss "
+        where = f" ({args.device})" if args.device else ""
+        print(f"{args.dataset} {args.optimizer} on {how}{where}: {len(losses)} steps, final loss "
               f"{final:.4f}, test accuracy {acc:.4f}, parameters sha256 {checksum}, {seconds:.2f} s")
 
 
