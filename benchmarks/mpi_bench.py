@@ -63,7 +63,8 @@ def launch(args):
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
     if mpiexec is None:
         sys.exit("mpi_bench: no mpiexec found (pip install -e '.[mpi]')")
-    header = ["ranks", "optimizer", "kernels", "elements", "state/rank MiB", "step ms", "sent/step MiB"]
+    from benchmarks.cli import backend_label
+    header = ["ranks", "optimizer", "backend", "elements", "state/rank MiB", "step ms", "sent/step MiB"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|---:|---:|---:|---:|"]
     print(" ".join(f"{h:>14}" for h in header))
     for n in args.ranks:
@@ -78,7 +79,7 @@ def launch(args):
         if out.returncode:
             sys.exit(f"mpi_bench: {' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        cells = [str(r["ranks"]), r["optimizer"], r["kernels"], str(r["elements"]), f"{r['state_bytes_max'] / 2**20:.2f}",
+        cells = [str(r["ranks"]), r["optimizer"], backend_label(r["kernels"]), str(r["elements"]), f"{r['state_bytes_max'] / 2**20:.2f}",
                  f"{1e3 * r['step_s']:.2f}", f"{r['sent_per_step'] / 2**20:.2f}"]
         print(" ".join(f"{c:>14}" for c in cells), flush=True)
         lines.append("| " + " | ".join(cells) + " |")
