@@ -236,8 +236,8 @@ def _driver(kernel, parallel: bool, dtypes):
                 template = _drive_check
             env["_views"] = _views_factory(numba, dtypes)
             # numba's cache is keyed by the driver's name and file (whose stamp it checks): name it after
-            # the kernel, the variant, the dtype and a hash of the kernel modules, so an edited body or
-            # helper never meets a stale build.
+            # the kernel, the variant, the buffer dtypes and a hash of the kernel modules, so an edited
+            # body or helper never meets a stale build.
             types_tag = "_".join(d.name for d in dtypes)
             label = f"drive_{name}_{'parallel' if parallel else 'serial'}_{types_tag}_{_kernels_hash()}"
             drive = types.FunctionType(template.__code__, env, label)
@@ -246,15 +246,14 @@ def _driver(kernel, parallel: bool, dtypes):
     return _compiled[key]
 
 
-def _address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
+def _data_address(a):
+    return a.ctypes.data
 
 
 @functools.lru_cache(maxsize=1)
 def _address_of():
     """A compiled ``address(array)``: a fifth of ``__array_interface__``'s cost, paid per gradient per step."""
-    numba = load_numba()
-    return numba.njit(lambda a: a.ctypes.data, cache=False)
+    return load_numba().njit(_data_address, cache=_cache)
 
 
 def _items(sizes, segments) -> np.ndarray:
@@ -279,8 +278,8 @@ def _call(drive_for, total, args):
 
 
 def run_pieces(kernel, pieces, rows, ctl) -> np.ndarray:
-    """``kernel``'s fused body on explicit pieces (each a list of C-contiguous 1-D buffers of one
-    dtype, at most ``CHUNK`` elements, with its scalar row ``rows[w]``): its sums,
+    """``kernel``'s fused body on explicit pieces (each a list of C-contiguous 1-D buffers, one per
+    kernel buffer, at most ``CHUNK`` elements, with its scalar row ``rows[w]``): its sums,
     float64 ``(len(pieces), n_sums)``, each from 0.0.  The distributed layer runs a rank's blocks so."""
     n_sums = len(kernel.sums)
     out = np.zeros((len(pieces), n_sums), np.float64)
@@ -416,7 +415,7 @@ class NumbaBackend(NumpyBackend):
                     if n != "grad":
                         a = self._arrays(n, i)
                         if a.flags.c_contiguous:
-                            table[i, j] = _address(a)
+                            table[i, j] = _address_of()(a)
                         else:                  # e.g. a transposed parameter
                             gaps.append((i, j))
             entry = self._addresses[names] = (table, gaps)
@@ -436,7 +435,7 @@ class NumbaBackend(NumpyBackend):
                 a = self._arrays(names[j], i)
                 c = np.ascontiguousarray(a)
                 copies.append((a, c))
-                addresses[i, j] = _address(c)
+                addresses[i, j] = _address_of()(c)
         for (dtype, grad_dtype), items, total in gradients.plan:
             rows = table if table.dtype == dtype else table.astype(dtype)  # float32 rows of a float64 table
             dtypes = tuple(grad_dtype if n == "grad" else dtype for n in names)
