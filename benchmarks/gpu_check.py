@@ -423,8 +423,8 @@ class LaunchMeter:
         original = VulkanProgram.launch
         meter = self
 
-        def launch(program, upload, upload_params, download):
-            original(program, upload, upload_params, download)
+        def launch(program, upload, upload_params, download, **kwargs):
+            original(program, upload, upload_params, download, **kwargs)
             if meter.active:      # off while end-to-end time is measured: the count costs Python time
                 meter.record(program, upload, upload_params, download)
 
