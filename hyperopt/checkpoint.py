@@ -42,13 +42,13 @@ import contextlib
 import json
 import math
 import os
-import secrets
 import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 
+from . import checkpoint_shards as shard_sets   # shard sets, built on the file format defined here
 from .optimizer import _data, _interrupts_deferred
 from .state_checks import ShardPiece
 
@@ -57,7 +57,6 @@ VERSION = 1
 _META = "checkpoint.json"
 _TAGS = ("__array__", "__sharded__", "__tuple__", "__items__")
 SHARD_FORMAT = "hyperopt-checkpoint-shard"
-_TOKEN_CHARS = frozenset("0123456789abcdef")
 _MAX_META_BYTES = 64 << 20
 
 
@@ -82,13 +81,13 @@ def save(optimizer, path, *, include_params: bool = False, shards: bool = False)
         raise TypeError(f"shards must be True or False, got {shards!r}")
     path = os.fspath(path)
     if shards:
-        return _save_shards(optimizer, path, include_params)
+        return shard_sets.save(optimizer, path, include_params)
     dist = _dist(optimizer)
     root = dist is None or dist.rank == 0
     if dist is None:
         with _held(optimizer):   # no step from another thread between the state and the parameters
             blob, arrays, _ = _encode_checkpoint(optimizer, include_params)
-        old = _old_shard_files(path)
+        old = shard_sets.old_files(path)
         _write_atomic(path, blob, arrays)
         _remove(old)
         return
@@ -100,7 +99,7 @@ def save(optimizer, path, *, include_params: bool = False, shards: bool = False)
         failure = []
         members = _gathered(dist, arrays)
         if root:
-            old = _old_shard_files(path)
+            old = shard_sets.old_files(path)
             try:
                 _write_atomic(path, blob, members)
             except Exception as exc:     # reported below, on every rank
@@ -158,83 +157,6 @@ def _encode_checkpoint(optimizer, include_params, keep_params=True, sharded=Fals
     if sharded:
         meta["sharded"] = {name: piece.index for name, piece in pieces.items()}
     return json.dumps(meta, allow_nan=False, separators=(",", ":")).encode(), arrays, pieces
-
-
-def _save_shards(optimizer, path, include_params):
-    """``save(..., shards=True)``: every rank writes its shard file, then rank 0 the index."""
-    dist = _dist(optimizer)
-    rank, ranks = (dist.rank, dist.ranks) if dist is not None else (0, 1)
-    with _held(optimizer):   # held until the shard is written: its pieces are views of the live state
-        blob, arrays, pieces = optimizer._agreed(
-            lambda: _encode_checkpoint(optimizer, include_params, keep_params=rank == 0, sharded=True))
-        params = [_data(p) for p in optimizer.params()]
-        if dist is not None:
-            layout = [[[int(i), int(a), int(b)] for i, a, b in pc] for pc in dist.layout.pieces]
-            token = dist._allgather_text(secrets.token_hex(8))[0]       # rank 0's, on every rank
-        else:
-            layout = [[[i, 0, int(p.size)] for i, p in enumerate(params)]]
-            token = secrets.token_hex(8)
-        # 1. each rank's shard file (its pieces only), under a name no earlier save used
-        mine = _shard_path(path, token, rank, ranks)
-        members = {name: piece.values for name, piece in pieces.items() if piece.stop > piece.start}
-        shard_meta = {"format": SHARD_FORMAT, "version": VERSION, "optimizer": type(optimizer).__name__,
-                      "token": token, "rank": rank, "ranks": ranks,
-                      "members": {name: [pieces[name].index, pieces[name].start, pieces[name].stop]
-                                  for name in members}}
-        written = []
-
-        def write_shard():
-            _write_atomic(mine, json.dumps(shard_meta, separators=(",", ":")).encode(), members)
-            written.append(mine)
-        try:
-            optimizer._agreed(write_shard)
-        except BaseException:
-            _remove(written)
-            raise
-    del members, pieces
-    try:
-        # 2. the index, by rank 0: replacing it is the moment the new set takes the old one's place
-        meta = json.loads(blob)
-        meta["shards"] = {"token": token, "ranks": ranks, "layout": layout}
-        blob = json.dumps(meta, allow_nan=False, separators=(",", ":")).encode()
-        old = []
-
-        def write_index():
-            if rank == 0:
-                old.extend(_old_shard_files(path))
-                _write_atomic(path, blob, arrays)
-        optimizer._agreed(write_index)
-    except BaseException:
-        _remove(written)        # a set that never got its index
-        raise
-    _remove([f for f in old if f not in (_shard_path(path, token, r, ranks) for r in range(ranks))])
-
-
-def _shard_path(path: str, token: str, rank: int, ranks: int) -> str:
-    """The file of shard ``rank`` of the set ``token`` whose index is ``path``."""
-    return f"{path}.{token}.shard-{rank}-of-{ranks}"
-
-
-def _old_shard_files(path: str) -> list[str]:
-    """The shard files of the set whose index is at ``path`` now (none if it is no shard index):
-    removed once a new save has replaced it.  Best effort; names are derived, never read."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            info = z.getinfo(_META)
-            if info.file_size > _MAX_META_BYTES:
-                return []
-            meta = json.loads(z.read(_META).decode("utf-8"))
-        shards = meta.get("shards")
-        token, ranks = shards["token"], shards["ranks"]
-        if not _is_token(token) or not isinstance(ranks, int) or isinstance(ranks, bool) or not 0 < ranks <= 1 << 20:
-            return []
-        return [_shard_path(path, token, r, ranks) for r in range(ranks)]
-    except Exception:
-        return []
-
-
-def _is_token(token) -> bool:
-    return isinstance(token, str) and 0 < len(token) <= 64 and set(token) <= _TOKEN_CHARS
 
 
 def _remove(files) -> None:
@@ -386,7 +308,7 @@ def _prepare_from(optimizer, path, archive):
     try:
         sharded = None
         if "shards" in meta:
-            sharded = _read_shards(optimizer, path, meta, params)
+            sharded = shard_sets.read(optimizer, path, meta, params)
         elif "sharded" in meta:
             raise CheckpointError("sharded buffers without a shard set")
         arrays = _Members(archive, _dist(optimizer), params, _buffer_refs(optimizer, meta, params))
@@ -452,97 +374,6 @@ class _Members:
             return a
         lo, hi = self.dist.piece_range(i)
         return ShardPiece(a.reshape(-1)[lo:hi].copy(), lo, hi, a.shape, i)
-
-
-def _read_shards(optimizer, path, meta, params):
-    """{name: this rank's piece} of every sharded buffer of the index ``meta`` at ``path``: under
-    ``comm`` a ``ShardPiece`` of this rank's range, else the whole buffer; read from the shard
-    files that hold it, checked against the index (same save, same rank count and layout)."""
-    shards = meta["shards"]
-    if not isinstance(shards, dict) or sorted(shards) != ["layout", "ranks", "token"]:
-        raise CheckpointError("malformed 'shards' entry")
-    token, ranks, layout = shards["token"], shards["ranks"], shards["layout"]
-    if not _is_token(token):
-        raise CheckpointError(f"malformed shard set token {token!r}")
-    if not isinstance(ranks, int) or isinstance(ranks, bool) or not 0 < ranks <= 1 << 20:
-        raise CheckpointError(f"malformed shard count {ranks!r}")
-    ranges = _check_layout(layout, ranks, params)          # ranges[i] = [(rank, a, b)] tiling parameter i
-    table = meta.get("sharded")
-    if not isinstance(table, dict):
-        raise CheckpointError("a shard index without its 'sharded' table")
-    for name, i in table.items():
-        if not (isinstance(name, str) and name.isidentifier()) or isinstance(i, bool) or not isinstance(i, int) \
-                or not 0 <= i < len(params):
-            raise CheckpointError(f"malformed sharded buffer {name!r}: {i!r}")
-    # what each shard file must hold: exactly its piece of every sharded buffer
-    expected = [{} for _ in range(ranks)]
-    for name, i in table.items():
-        for r, a, b in ranges[i]:
-            expected[r][name] = [i, a, b]
-    dist = _dist(optimizer)
-    rank, size = (dist.rank, dist.ranks) if dist is not None else (0, 1)
-    archives: dict = {}
-
-    def shard(r):
-        if r not in archives:
-            file = _shard_path(path, token, r, ranks)
-            if not os.path.exists(file):
-                raise CheckpointError(f"the shard set is incomplete: {os.path.basename(file)} is missing")
-            archive = _Archive(file, SHARD_FORMAT)
-            archives[r] = archive
-            m = archive.meta
-            if m.get("token") != token or m.get("rank") != r or m.get("ranks") != ranks:
-                raise CheckpointError(f"{os.path.basename(file)} belongs to another save (shard {m.get('rank')!r} of "
-                                      f"{m.get('ranks')!r}, set {m.get('token')!r}; the index names set {token!r})")
-            if m.get("optimizer") != meta.get("optimizer"):
-                raise CheckpointError(f"{os.path.basename(file)} is a shard of {m.get('optimizer')!r}")
-            if m.get("members") != expected[r] or sorted(archive.names) != sorted(expected[r]):
-                raise CheckpointError(f"{os.path.basename(file)} does not hold the pieces its index names")
-        return archives[r]
-    try:
-        for r in range(rank, ranks, size):   # every shard file opened by some rank: the set is complete
-            shard(r)
-        out = {}
-        for name, i in table.items():
-            p = params[i]
-            lo, hi = dist.piece_range(i) if dist is not None else (0, p.size)
-            values = np.empty(hi - lo, p.dtype)
-            for r, a, b in ranges[i]:
-                if b <= lo or a >= hi:
-                    continue
-                held = shard(r).array(name)
-                if held.dtype != p.dtype or held.shape != (b - a,):
-                    raise CheckpointError(f"shard {r}'s piece {name!r} is not {b - a} {p.dtype} elements")
-                start, stop = max(a, lo), min(b, hi)
-                values[start - lo:stop - lo] = held[start - a:stop - a]
-            out[name] = ShardPiece(values, lo, hi, p.shape, i) if dist is not None else values.reshape(p.shape)
-        return out
-    finally:
-        for archive in archives.values():
-            archive.close()
-
-
-def _check_layout(layout, ranks, params):
-    """``layout`` (per rank, ``[[i, a, b], ...]``) as pieces that tile every parameter in rank order."""
-    if not isinstance(layout, list) or len(layout) != ranks:
-        raise CheckpointError("the shard layout does not list every shard")
-    ranges = [[] for _ in params]
-    for r, pieces in enumerate(layout):
-        if not isinstance(pieces, list):
-            raise CheckpointError(f"malformed layout of shard {r}")
-        for piece in pieces:
-            if not (isinstance(piece, list) and len(piece) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                       for v in piece)):
-                raise CheckpointError(f"malformed piece {piece!r} of shard {r}")
-            i, a, b = piece
-            if not 0 <= i < len(params) or not 0 <= a < b <= params[i].size:
-                raise CheckpointError(f"piece {piece!r} of shard {r} is outside the parameters")
-            ranges[i].append((r, a, b))
-    for i, p in enumerate(params):
-        ends = [0] + [b for _, _, b in ranges[i]]
-        if [a for _, a, _ in ranges[i]] != ends[:-1] or ends[-1] != p.size:
-            raise CheckpointError(f"the shards' pieces of parameter {i} do not cover its {p.size} elements once, in order")
-    return ranges
 
 
 def _describe(layout) -> str:
