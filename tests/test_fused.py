@@ -324,6 +324,20 @@ def test_gradient_check_finds_a_bad_element_anywhere(dtype, monkeypatch):
     assert len(opt.state) == 3
 
 
+def test_float16_parameters_run_on_the_numpy_twins_with_a_warning(monkeypatch):
+    """numba compiles float32 and float64 only: float16 parameters take the NumPy twins, said once."""
+    from hyperopt import AdamW
+    from hyperopt.backends import _told
+    monkeypatch.delenv("HYPEROPT_CPU_KERNELS", raising=False)
+    _told.discard("float16 parameters have no fused CPU kernels")
+    p = np.ones(10, np.float16)
+    with pytest.warns(RuntimeWarning, match="float16 parameters have no fused CPU kernels: .*NumPy kernels"):
+        opt = AdamW([p], lr=0.1, use_gpu=False)
+    assert opt.backend == "numpy"
+    opt.step(gradients=[np.ones(10, np.float16)])
+    assert p.dtype == np.float16 and (p < 1).all()
+
+
 def _child(queue):
     queue.put(bits(_adamw_run(3 * CHUNK + 5)).tobytes())
 
