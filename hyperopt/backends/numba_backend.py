@@ -354,11 +354,10 @@ class NumbaBackend(NumpyBackend):
         load_numba()
         super().__init__()
         self._addresses: dict[tuple[str, ...], tuple] = {}
-        self._plans: dict[tuple[int, ...], list] = {}
+        self._plans: dict[tuple, list] = {}      # (active set, gradient dtypes) -> work plan
         self._sizes = np.zeros(0, np.int64)
         self._dtypes: list = []
         self._gradients: _Gradients | None = None
-        self._no_sums = np.zeros((0, 0), np.float64)
 
     @staticmethod
     def unsupported(arrays) -> str | None:
