@@ -56,6 +56,20 @@ def _start():
     return [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
 
 
+def _straight_and_split(case, opt_kwargs):
+    """(ref, its parameters after STEPS steps; opt, its parameters after SPLIT steps): the
+    uninterrupted run a resume must equal, and the first half of the interrupted one."""
+    straight = _start()
+    ref = CASES[case](straight, opt_kwargs)
+    for t in range(STEPS):
+        _step(ref, t)
+    first = _start()
+    opt = CASES[case](first, opt_kwargs)
+    for t in range(SPLIT):
+        _step(opt, t)
+    return ref, straight, opt, first
+
+
 def _child(case, kwargs, ckpt, out):
     params = [np.zeros(s, np.float32) for s in SHAPES]
     opt = CASES[case](params, json.loads(kwargs))
@@ -81,15 +95,7 @@ def _env():
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_resume_in_a_new_process_is_bit_for_bit(case, backend, opt_kwargs, tmp_path):
-    straight = _start()
-    ref = CASES[case](straight, opt_kwargs)
-    for t in range(STEPS):
-        _step(ref, t)
-
-    first = _start()
-    opt = CASES[case](first, opt_kwargs)
-    for t in range(SPLIT):
-        _step(opt, t)
+    ref, straight, opt, _ = _straight_and_split(case, opt_kwargs)
     ckpt = tmp_path / "run.ckpt"
     hyperopt.save(opt, ckpt, include_params=True)
     out = tmp_path / "final.npz"

@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from test_checkpoint import CASES, SHAPES, SPLIT, STEPS, _start, _step  # noqa: E402
+from test_checkpoint import CASES, SHAPES, SPLIT, STEPS, _start, _step, _straight_and_split  # noqa: E402
 
 from hyperopt import HL  # noqa: E402
 
@@ -88,15 +88,7 @@ import pytest  # noqa: E402
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_state_dict_resume_in_a_new_process_is_bit_for_bit(case, backend, opt_kwargs, tmp_path):
-    straight = _start()
-    ref = CASES[case](straight, opt_kwargs)
-    for t in range(STEPS):
-        _step(ref, t)
-
-    first = _start()
-    opt = CASES[case](first, opt_kwargs)
-    for t in range(SPLIT):
-        _step(opt, t)
+    ref, straight, opt, first = _straight_and_split(case, opt_kwargs)
     write_state_dict(opt.state_dict(), tmp_path)
     np.savez(tmp_path / "params.npz", *first)
     done = subprocess.run([sys.executable, __file__, case, json.dumps(opt_kwargs), str(tmp_path)],

@@ -10,7 +10,6 @@ import copy
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +57,15 @@ def _start():
 def _grad(k, shapes=SHAPES):
     rng = np.random.default_rng(100 + k)
     return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+def _stepped(name, kw, steps):
+    """(optimizer, its parameters) after ``steps`` steps from ``_start()`` with ``_grad(0..steps-1)``."""
+    arrays = _start()
+    opt = _make(name, arrays, kw)
+    for k in range(steps):
+        opt.step(gradients=_grad(k))
+    return opt, arrays
 
 
 def _same(a, b, path="state"):
@@ -257,10 +265,7 @@ def _bad_inputs():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input_changes_nothing(name, backend, opt_kwargs):
-    arrays = _start()
-    opt = _make(name, arrays, opt_kwargs)
-    for k in range(3):
-        opt.step(gradients=_grad(k))
+    opt, arrays = _stepped(name, opt_kwargs, 3)
     for label, prepare, grads, error, message in _bad_inputs():
         before = _snapshot(opt, arrays)
         if prepare is not None:
@@ -270,10 +275,7 @@ def test_bad_input_changes_nothing(name, backend, opt_kwargs):
         arrays[1].setflags(write=True)
         _same(_snapshot(opt, arrays), before, label)
     opt.step(gradients=_grad(3))                 # and it steps on as if nothing had happened
-    ref_arrays = _start()
-    ref = _make(name, ref_arrays, opt_kwargs)
-    for k in range(4):
-        ref.step(gradients=_grad(k))
+    _, ref_arrays = _stepped(name, opt_kwargs, 4)
     for a, b in zip(arrays, ref_arrays):
         np.testing.assert_array_equal(a, b)
 
@@ -281,10 +283,7 @@ def test_bad_input_changes_nothing(name, backend, opt_kwargs):
 @pytest.mark.parametrize("name", NAMES)
 def test_a_failing_run_moves_no_counter(name, backend, opt_kwargs):
     """Counters, histories and host-side state commit only once the backend's run has returned."""
-    arrays = _start()
-    opt = _make(name, arrays, opt_kwargs)
-    for k in range(3):
-        opt.step(gradients=_grad(k))
+    opt, arrays = _stepped(name, opt_kwargs, 3)
     before = _snapshot(opt, arrays)
     real = opt._backend.run
 
@@ -296,10 +295,7 @@ def test_a_failing_run_moves_no_counter(name, backend, opt_kwargs):
     opt._backend.run = real
     _same(_snapshot(opt, arrays), before)
     opt.step(gradients=_grad(3))
-    ref_arrays = _start()
-    ref = _make(name, ref_arrays, opt_kwargs)
-    for k in range(4):
-        ref.step(gradients=_grad(k))
+    _, ref_arrays = _stepped(name, opt_kwargs, 4)
     for a, b in zip(arrays, ref_arrays):
         np.testing.assert_array_equal(a, b)
 

@@ -57,6 +57,31 @@ CASES = {
 }
 
 
+def assert_resumes_in_fewer_ranks(comm, path, ps, ref, single, make, grads):
+    """The checkpoint at ``path`` (of the optimizer over ``ps``) loaded by half of the ranks and by
+    one process (``make(params, comm)``): each holds ``ref``'s values, then steps exactly as
+    ``single``, the one-process optimizer over ``ref``, does with ``grads(t)``, t = 2, 3."""
+    import hyperopt
+    half = comm.Split(color=comm.rank % 2, key=comm.rank)
+    for c in (half, None):
+        resumed = [np.zeros_like(p) for p in ps]
+        other = make(resumed, c)
+        hyperopt.load(other, path)
+        assert all(np.array_equal(a, b) for a, b in zip(resumed, ref))
+        mirror = [p.copy() for p in ref]
+        follow = make(mirror, None)
+        follow.load_state_dict(single.state_dict())
+        for t in range(2, 4):
+            g = grads(t)
+            other.step(gradients=g)
+            follow.step(gradients=g)
+            assert all(np.array_equal(a, b) for a, b in zip(resumed, mirror))
+        assert_same_state(other.state_dict(), follow.state_dict())
+        other.close()
+        follow.close()
+    half.Free()
+
+
 def assert_same_state(a, b):
     """Two state_dict()s hold the same bits (arrays, scalars and group entries)."""
     assert sorted(a["state"]) == sorted(b["state"])

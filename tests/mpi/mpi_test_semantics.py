@@ -25,6 +25,13 @@ def _edit(ps, k):
     np.clip(ps[1], -0.5, 0.5, out=ps[1])
 
 
+def _adamw_after_one_step(ps, comm):
+    """AdamW over ``ps`` under ``comm``, after one step with each rank's part of gradient 0."""
+    opt = AdamW(ps, lr=0.01, use_gpu=False, comm=comm)
+    opt.step(gradients=_local_and_mean(0, comm)[0])
+    return opt
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("case", ["adamw", "autosgm", "hysterograd_groups_clip", "natural_grad_branches", "hl"])
 def test_in_place_edits_between_steps_are_seen(case, comm):
@@ -111,9 +118,7 @@ def _refused_everywhere(comm, opt, params, kind, words, act, restore=None, befor
 @pytest.mark.timeout(120)
 def test_a_list_in_the_closure_slot_on_one_rank(comm):
     ps = _start()
-    opt = AdamW(ps, lr=0.01, use_gpu=False, comm=comm)
-    local, _ = _local_and_mean(0, comm)
-    opt.step(gradients=local)
+    opt = _adamw_after_one_step(ps, comm)
     local, _ = _local_and_mean(1, comm)
     _refused_everywhere(comm, opt, ps, TypeError, "where the closure goes",
                         lambda: opt.step(local) if _last(comm) else opt.step(gradients=local))
@@ -122,9 +127,7 @@ def test_a_list_in_the_closure_slot_on_one_rank(comm):
 @pytest.mark.timeout(120)
 def test_a_bad_hyperparameter_on_one_rank(comm):
     ps = _start()
-    opt = AdamW(ps, lr=0.01, use_gpu=False, comm=comm)
-    local, _ = _local_and_mean(0, comm)
-    opt.step(gradients=local)
+    opt = _adamw_after_one_step(ps, comm)
     before = _snapshot(opt, ps)
     if _last(comm):
         opt.param_groups[0]["lr"] = -1.0
@@ -140,9 +143,7 @@ def test_a_bad_hyperparameter_on_one_rank(comm):
 @pytest.mark.parametrize("how", ["shape", "dtype", "strided"])
 def test_a_bad_rebinding_on_one_rank(how, comm):
     ps = [Param(a) for a in _start()]
-    opt = AdamW(ps, lr=0.01, use_gpu=False, comm=comm)
-    local, _ = _local_and_mean(0, comm)
-    opt.step(gradients=local)
+    opt = _adamw_after_one_step(ps, comm)
     good = ps[2].data
     if _last(comm):
         ps[2].data = {"shape": lambda: np.zeros((700, 400), np.float32),
@@ -195,9 +196,7 @@ def test_a_bad_new_group_on_one_rank(comm):
 def test_a_step_refused_after_the_exchange_changes_nothing_anywhere(comm):
     """A hyperparameter beyond float32: refused by the scalar tables, on every rank alike."""
     ps = _start()
-    opt = AdamW(ps, lr=0.01, use_gpu=False, comm=comm)
-    local, _ = _local_and_mean(0, comm)
-    opt.step(gradients=local)
+    opt = _adamw_after_one_step(ps, comm)
     before = _snapshot(opt, ps)
     opt.param_groups[0]["eps"] = 1e300           # a valid float, not a float32
     local, _ = _local_and_mean(1, comm)
