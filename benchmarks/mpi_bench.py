@@ -59,14 +59,14 @@ def worker(args):
                           "sent_per_step": max(r["sent_per_step"] for r in rows)}))
 
 
-def launch(args):
+def launch(args, argv=None):
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
     if mpiexec is None:
         sys.exit("mpi_bench: no mpiexec found (pip install -e '.[mpi]')")
-    from benchmarks.cli import backend_label
-    header = ["ranks", "optimizer", "backend", "elements", "state/rank MiB", "step ms", "sent/step MiB"]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|---|---:|---:|---:|---:|"]
-    print(" ".join(f"{h:>14}" for h in header))
+    from benchmarks.cli import backend_label, command_line, write_results
+    columns = ["ranks", "optimizer", "backend", "elements", "state/rank MiB", "step ms", "sent/step MiB"]
+    print(" ".join(f"{h:>14}" for h in columns))
+    rows = []
     for n in args.ranks:
         cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "benchmarks.mpi_bench", "--worker",
                "--elements", str(args.elements), "--steps", str(args.steps), "--optimizer", args.optimizer]
@@ -79,24 +79,21 @@ def launch(args):
         if out.returncode:
             sys.exit(f"mpi_bench: {' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        cells = [str(r["ranks"]), r["optimizer"], backend_label(r["kernels"]), str(r["elements"]), f"{r['state_bytes_max'] / 2**20:.2f}",
-                 f"{1e3 * r['step_s']:.2f}", f"{r['sent_per_step'] / 2**20:.2f}"]
-        print(" ".join(f"{c:>14}" for c in cells), flush=True)
-        lines.append("| " + " | ".join(cells) + " |")
+        row = dict(zip(columns, [r["ranks"], r["optimizer"], backend_label(r["kernels"]), r["elements"],
+                                 round(r["state_bytes_max"] / 2**20, 2), round(1e3 * r["step_s"], 2),
+                                 round(r["sent_per_step"] / 2**20, 2)]))
+        print(" ".join(f"{row[c]!s:>14}" for c in columns), flush=True)
+        rows.append(row)
     if args.out:
-        import platform
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, f"mpi_bench_{args.device.replace(':', '-')}.md" if args.device else "mpi_bench.md")
-        with open(path, "w") as f:
-            f.write("# Data-parallel optimizers over MPI: state per rank, step time, bytes per step\n\n"
-                    f"- command: `python -m benchmarks.mpi_bench {' '.join(sys.argv[1:])}`\n"
-                    f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
-                    f"- machine: {platform.machine()}, {os.cpu_count()} cores; ranks share them, so a step "
-                    "time shows the exchange's cost, not a speed-up\n"
-                    "- state/rank: the largest per-element optimizer state one rank holds; step: median wall "
-                    "time of the slowest rank; sent/step: bytes one rank hands to MPI per step\n\n"
-                    + "\n".join(lines) + "\n")
-        print(f"wrote {path}")
+        stem = f"mpi_bench_{args.device.replace(':', '-')}" if args.device else "mpi_bench"
+        md, _ = write_results(
+            args.out, stem, columns, rows, title="Data-parallel optimizers over MPI: state per rank, step time, "
+            "bytes per step", command=command_line("benchmarks.mpi_bench", argv),
+            sizes=f"{rows[0]['elements']} elements" if rows else "", notes=[
+                "ranks share this machine's cores, so a step time shows the exchange's cost, not a speed-up",
+                "state/rank: the largest per-element optimizer state one rank holds; step: median wall time "
+                "of the slowest rank; sent/step: bytes one rank hands to MPI per step"])
+        print(f"wrote {md}")
 
 
 def main(argv=None):
@@ -111,7 +108,7 @@ def main(argv=None):
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--force-comm", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    worker(args) if args.worker else launch(args)
+    worker(args) if args.worker else launch(args, argv)
 
 
 if __name__ == "__main__":
