@@ -74,10 +74,11 @@ class AdamW(Optimizer):
 
     def _step(self, grads):
         table = self._program.tables[0]
-        steps = {i: self._next_step(i) for i in grads}
+        steps = self._next_steps(grads)
         rows: dict[tuple, list] = {}         # parameters of one group at one step share their scalars
+        group_of = self._group_of
         for i, t in steps.items():
-            rows.setdefault((self._group_of[i], t), []).append(i)
+            rows.setdefault((group_of[i], t), []).append(i)
         for (gi, t), idx in rows.items():
             table[idx] = self._update_scalars(self.param_groups[gi], t)
         self._run(self._program, grads, upload_params=True)
@@ -91,19 +92,24 @@ class AdamW(Optimizer):
         return (1 - lr * group["weight_decay"], 1 - beta1, beta2, 1 - beta2, group["eps"],
                 -lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t), bool(group["amsgrad"]), bool(group["maximize"]))
 
-    def _next_step(self, i):
-        """Parameter i's step count after this step (its state is created by ``_commit_steps``)."""
-        st = self._param_state.get(i)
-        if st is None:
-            self._backend.clear(i)               # state may remain from a load or an earlier layout
-            return 1
-        return st["step"] + 1
+    def _next_steps(self, indices) -> dict:
+        """Each parameter's step count after this step (its state is created by ``_commit_steps``)."""
+        state, steps = self._param_state, {}
+        for i in indices:
+            st = state.get(i)
+            if st is None:
+                self._backend.clear(i)           # state may remain from a load or an earlier layout
+                steps[i] = 1
+            else:
+                steps[i] = st["step"] + 1
+        return steps
 
     def _commit_steps(self, steps):
         """The counters move only once the update has run."""
+        state = self._param_state
         for i, t in steps.items():
-            st = self._param_state.get(i)
+            st = state.get(i)
             if st is None:
-                self._param_state[i] = {"step": t}
+                state[i] = {"step": t}
             else:
                 st["step"] = t

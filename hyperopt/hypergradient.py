@@ -103,9 +103,8 @@ class _HypergradientBase(AdamW):
         # Everything this step decides is staged first and committed once the update has run, so
         # that a failure (or a refused non-finite result) leaves the optimizer at the previous step.
         members: dict[int, list[int]] = {}
-        steps = {}
-        for i in sorted(grads):
-            steps[i] = self._next_step(i)
+        steps = self._next_steps(sorted(grads))
+        for i in steps:
             members.setdefault(self._group_of[i], []).append(i)
         wants = {gi: self._wants_sums(gi, idx) for gi, idx in members.items()}
         surprise = self._surprise_due()

@@ -399,11 +399,12 @@ class Optimizer:
             p = arrays[i]
             if type(g) is not np.ndarray:   # masked arrays too: their hidden values count
                 g = np.asarray(g) if isinstance(g, np.ndarray) else np.asarray(getattr(g, "data", g))
-            if g.dtype.kind not in "fiu":
-                raise TypeError(f"gradient of parameter {i} has dtype {g.dtype}, which cannot be cast to {p.dtype}")
+            dtype = g.dtype
+            if dtype.kind not in "fiu":
+                raise TypeError(f"gradient of parameter {i} has dtype {dtype}, which cannot be cast to {p.dtype}")
             if g.shape != p.shape:
                 raise ValueError(f"gradient of parameter {i} has shape {g.shape}, expected {p.shape}")
-            if g.dtype != p.dtype:
+            if dtype != p.dtype:
                 g = g.astype(p.dtype)
             elif id(_root(g)) in roots and _shares_any(g, arrays):
                 g = g.copy()                 # the update writes the parameters while it reads g

@@ -167,6 +167,22 @@ def test_optimizer_bits_match_numpy_twins(case, dtype, monkeypatch):
                     assert_same_bits(sa[key], value, f"{case} state {key} of param {i}")
 
 
+def test_two_kernels_in_a_row_run_as_one_pass(monkeypatch):
+    """HypergradientAdamW's update, adamw_update then hypergradient_direction, is one compiled pass
+    (its bits are the twins', test_optimizer_bits_match_numpy_twins); from the second step the
+    reduction before it is a pass of its own (the host needs its sums first)."""
+    from hyperopt import HypergradientAdamW
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "numba")
+    p = np.ones(3 * CHUNK, np.float32)
+    opt = HypergradientAdamW([p], lr=1e-2, use_gpu=False)
+    passes = []
+    for _ in range(3):
+        before = launch_counts["numba"]
+        opt.step(gradients=[np.full_like(p, 0.5)])
+        passes.append(launch_counts["numba"] - before)
+    assert passes == [1, 2, 2]
+
+
 def test_transposed_parameter_is_updated_in_place(monkeypatch):
     from hyperopt import AdamW
     out = {}

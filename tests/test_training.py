@@ -13,10 +13,12 @@ COMMITTED = {"moons": dict.fromkeys(CONFIGS, 0.9967),
                         "HIOptimizer": 0.9666, "AutoSGM": 0.9703, "HCNaturalGrad": 0.9592, "HL": 0.9703}}
 MARGIN = 0.01
 # README: NumPy and Vulkan loss curves are bit-identical for the four optimizers whose step uses no
-# sum of device reductions on the host; the others differ by at most these (measured: 1.04e-7 for
-# HypergradientAdamW on digits, 2.98e-7 for HCNaturalGrad with branches on digits).
+# sum of device reductions on the host; the others differ by rounding, which the model's matrix
+# products carry on (measured on digits: 1.04e-7 for HypergradientAdamW and 2.98e-7 for HCNaturalGrad
+# with OpenBLAS's AVX2 kernels, 1.34e-7 and 5.22e-7 with its AVX-512 ones); the limits are 1.5x the
+# larger measurement.
 BIT_IDENTICAL = ("AdamW", "HIOptimizer", "AutoSGM", "HL")
-CURVE_ATOL = {"HypergradientAdamW": 1.05e-7, "AutoHypergradientAdamW": 1.05e-7, "HCNaturalGrad": 4e-7}
+CURVE_ATOL = {"HypergradientAdamW": 2e-7, "AutoHypergradientAdamW": 2e-7, "HCNaturalGrad": 8e-7}
 
 
 @pytest.mark.parametrize("dataset", ["moons", "digits"])

@@ -138,15 +138,39 @@ def _drive(items, addresses, sizes, table, ctl, partials, sums):
     n_sums = partials.shape[1]
     for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
         i = items[w, 0]
-        bufs = _views(addresses[i], sizes[i])  # noqa: F821 - bound by _driver
-        lanes = np.zeros((n_sums, LANES))
         # unsigned bounds: indices the compiler knows are non-negative need no wraparound, so it vectorises
-        _body(np.uint64(items[w, 1]), np.uint64(items[w, 2]), bufs, table[i], ctl, lanes)  # noqa: F821
+        lo, hi = np.uint64(items[w, 1]), np.uint64(items[w, 2])
+        lanes = np.zeros((n_sums, LANES))
+        _body(lo, hi, _views(addresses[i], sizes[i]), table[i], ctl, lanes)  # noqa: F821
         for k in range(n_sums):
             partials[w, k] = _lanes_total(lanes[k])  # noqa: F821 - bound by _driver
     for w in range(items.shape[0]):
         for k in range(n_sums):
             sums[items[w, 0], k] += partials[w, k]
+
+
+# Two kernels that follow each other in a program, item by item: the second runs on an item right
+# after the first, while the item's buffers are still in cache.  Elementwise kernels read and write
+# element ``i`` alone, so this gives the bits of running one after the other.  The second kernel's
+# arguments carry a 2 (``_body2``, ``_views2``, ``addresses2``, ...).
+def _drive_pair(items, addresses, sizes, table, ctl, partials, sums, addresses2, table2, partials2, sums2):
+    n_sums, n_sums2 = partials.shape[1], partials2.shape[1]
+    for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
+        i = items[w, 0]
+        lo, hi = np.uint64(items[w, 1]), np.uint64(items[w, 2])
+        lanes = np.zeros((n_sums, LANES))
+        _body(lo, hi, _views(addresses[i], sizes[i]), table[i], ctl, lanes)  # noqa: F821
+        for k in range(n_sums):
+            partials[w, k] = _lanes_total(lanes[k])  # noqa: F821
+        lanes2 = np.zeros((n_sums2, LANES))
+        _body2(lo, hi, _views2(addresses2[i], sizes[i]), table2[i], ctl, lanes2)  # noqa: F821
+        for k in range(n_sums2):
+            partials2[w, k] = _lanes_total(lanes2[k])  # noqa: F821
+    for w in range(items.shape[0]):
+        for k in range(n_sums):
+            sums[items[w, 0], k] += partials[w, k]
+        for k in range(n_sums2):
+            sums2[items[w, 0], k] += partials2[w, k]
 
 
 # The gradient check: the first segment (in item order) holding an element that is not finite or
@@ -213,33 +237,39 @@ def _kernels_hash() -> str:
     return digest.hexdigest()[:12]
 
 
-def _driver(kernel, parallel: bool, dtypes):
-    """The compiled driver of ``kernel`` (``None``: the gradient check) for buffers of ``dtypes``
-    (one per buffer), parallel over items or serial, built once per process."""
-    name = kernel.name if kernel is not None else "check"
+def _compiled_body(kernel, numba):
+    body = kernel.fused
+    return numba.njit(types.FunctionType(body.__code__, _jit_helpers(body, numba, {}), body.__name__), **_FLAGS)
+
+
+def _driver(kernels, parallel: bool, dtypes):
+    """The compiled driver of ``kernels`` (one kernel, or two run item by item; ``None``: the
+    gradient check) for buffers of ``dtypes`` (per kernel, one per buffer), parallel over items or
+    serial, built once per process."""
+    name = "+".join(k.name for k in kernels) if kernels is not None else "check"
     fn = _compiled.get((name, parallel, dtypes))      # callers pass tuples of np.dtype: no conversion
     if fn is not None:
         return fn
-    dtypes = tuple(np.dtype(d) for d in dtypes)
     key = (name, parallel, dtypes)
     with _compile_lock:
         if key not in _compiled:
             numba = load_numba()
             env = dict(_drive.__globals__, _lanes_total=numba.njit(lanes_total, **_FLAGS),
                        prange=numba.prange if parallel else range)
-            if kernel is not None:
-                body_fn = kernel.fused
-                env["_body"] = numba.njit(types.FunctionType(body_fn.__code__, _jit_helpers(body_fn, numba, {}),
-                                                             body_fn.__name__), **_FLAGS)
-                template = _drive
-            else:
+            if kernels is None:
                 template = _drive_check
-            env["_views"] = _views_factory(numba, dtypes)
+                env["_views"] = _views_factory(numba, dtypes[0])
+            else:
+                template = (_drive, _drive_pair)[len(kernels) - 1]
+                for k, (kernel, types_k) in enumerate(zip(kernels, dtypes)):
+                    suffix = str(k + 1) if k else ""
+                    env["_body" + suffix] = _compiled_body(kernel, numba)
+                    env["_views" + suffix] = _views_factory(numba, types_k)
             # numba's cache is keyed by the driver's name and file (whose stamp it checks): name it after
-            # the kernel, the variant, the buffer dtypes and a hash of the kernel modules, so an edited
+            # the kernels, the variant, the buffer dtypes and a hash of the kernel modules, so an edited
             # body or helper never meets a stale build.
-            types_tag = "_".join(d.name for d in dtypes)
-            label = f"drive_{name}_{'parallel' if parallel else 'serial'}_{types_tag}_{_kernels_hash()}"
+            types_tag = "__".join("_".join(np.dtype(d).name for d in types_k) for types_k in dtypes)
+            label = f"drive_{name.replace('+', '_and_')}_{'parallel' if parallel else 'serial'}_{types_tag}_{_kernels_hash()}"
             drive = types.FunctionType(template.__code__, env, label)
             drive.__qualname__ = label
             _compiled[key] = numba.njit(drive, parallel=parallel, cache=_cache, **_FLAGS)
@@ -247,12 +277,15 @@ def _driver(kernel, parallel: bool, dtypes):
 
 
 def _data_address(a):
-    return a.ctypes.data
+    if a.flags.c_contiguous:
+        return np.int64(a.ctypes.data)
+    return np.int64(0)             # another layout: the caller takes a C-order copy
 
 
 @functools.lru_cache(maxsize=1)
 def _address_of():
-    """A compiled ``address(array)``: a fifth of ``__array_interface__``'s cost, paid per gradient per step."""
+    """A compiled ``address(array)`` of a C-contiguous array's data (0 for other layouts): a fifth of
+    ``__array_interface__``'s cost, paid per gradient per step."""
     return load_numba().njit(_data_address, cache=_cache)
 
 
@@ -296,7 +329,7 @@ def run_pieces(kernel, pieces, rows, ctl) -> np.ndarray:
         table = np.array([rows[w] for w in idx]).reshape(len(idx), -1)
         partials = np.empty((len(idx), n_sums), np.float64)
         sums = np.zeros((len(idx), n_sums), np.float64)
-        _call(lambda parallel: _driver(kernel, parallel, dtypes), int(sizes.sum()),
+        _call(lambda parallel: _driver((kernel,), parallel, (dtypes,)), int(sizes.sum()),
               (items, addresses, sizes, table, ctl, partials, sums))
         out[idx] = partials
     return out
@@ -313,24 +346,25 @@ class _Gradients:
         self.address = np.zeros(len(sizes), np.int64)
         self.keep = []                         # C-order copies the addresses point into
         active = tuple(sorted(grads))
-        key = (active, tuple(grads[i].dtype.char for i in active))
+        arrays = [grads[i] for i in active]
+        key = (active, tuple([g.dtype for g in arrays]))
         plan = plans.get(key)
         if plan is None:
             by_dtype: dict = {}
-            for i in active:
-                by_dtype.setdefault((param_dtypes[i], grads[i].dtype), []).append(i)
+            for i, g in zip(active, arrays):
+                by_dtype.setdefault((param_dtypes[i], g.dtype), []).append(i)
             plan = [(dtypes, _items(sizes, idx), int(sizes[idx].sum())) for dtypes, idx in by_dtype.items()]
             if len(plans) > 64:               # active sets that come and go
                 plans.clear()
             plans[key] = plan
         self.plan = plan
         address = _address_of()
-        for i in active:
-            g = grads[i]
-            if not g.flags.c_contiguous:
-                g = np.ascontiguousarray(g)
-                self.keep.append(g)
-            self.address[i] = address(g)
+        addresses = [address(g) for g in arrays]
+        for k, a in enumerate(addresses):
+            if a == 0:
+                self.keep.append(np.ascontiguousarray(arrays[k]))
+                addresses[k] = address(self.keep[-1])
+        self.address[list(active)] = addresses
 
     def matches(self, grads) -> bool:
         """Whether ``grads`` is the dict these addresses were taken from, holding the same arrays."""
@@ -340,7 +374,7 @@ class _Gradients:
     def first_bad(self, limit) -> int | None:
         """The first parameter whose gradient has an element beyond ``limit(dtype)`` (or NaN), or None."""
         for (_, dtype), items, total in self.plan:
-            bad = _call(lambda parallel: _driver(None, parallel, (dtype,)), total,
+            bad = _call(lambda parallel: _driver(None, parallel, ((dtype,),)), total,
                         (items, self.address.reshape(-1, 1), self.sizes, limit(dtype)))
             if bad >= 0:
                 return bad
@@ -392,14 +426,22 @@ class NumbaBackend(NumpyBackend):
             if self._gradients is None or not self._gradients.matches(grads):
                 self._gradients = _Gradients(grads, self._sizes, self._dtypes, self._plans)
         results, last = [], None
-        for (kernel, names), table in zip(program.dispatches, program.tables):
+        steps = [(kernel, names, table) for (kernel, names), table in zip(program.dispatches, program.tables)]
+        while steps:
+            kernel, names, table = steps.pop(0)
             if kernel.kind == CONTROL:
                 kernel.numpy(self._ctl, last, table)
                 continue
-            last = self._run_fused(kernel, names, table) if kernel.fused is not None else \
-                self._run_elementwise(kernel, names, table)
-            if kernel.sums:
-                results.append(last)
+            group = [(kernel, names, table)]
+            if kernel.fused is None:
+                group_sums = [self._run_elementwise(kernel, names, table)]
+            else:
+                if steps and steps[0][0].kind != CONTROL and steps[0][0].fused is not None:
+                    group.append(steps.pop(0))      # two fused kernels in a row: one pass, item by item
+                group_sums = self._run_fused(group)
+            for (k, _, _), last in zip(group, group_sums):
+                if k.sums:
+                    results.append(last)
         return results
 
     def _address_table(self, names):
@@ -420,28 +462,38 @@ class NumbaBackend(NumpyBackend):
             entry = self._addresses[names] = (table, gaps)
         return entry
 
-    def _run_fused(self, kernel, names, table):
-        n_sums = len(kernel.sums)
-        sums = np.zeros((len(self._params), n_sums), np.float64)
+    def _run_fused(self, kernels):
+        """One compiled pass of one or two fused kernels, ``[(kernel, buffer names, table)]``:
+        each kernel's per-segment sums."""
         gradients = self._gradients
-        addresses, gaps = self._address_table(names)
-        addresses = addresses.copy()
-        if "grad" in names:
-            addresses[:, names.index("grad")] = gradients.address
-        copies = []
-        for i, j in gaps:
-            if i in gradients.source:
-                a = self._arrays(names[j], i)
-                c = np.ascontiguousarray(a)
-                copies.append((a, c))
-                addresses[i, j] = _address_of()(c)
+        copies: dict = {}       # (parameter, buffer name) -> (buffer, its C-order copy), shared by the pair
+        addresses, sums = [], []
+        for kernel, names, _ in kernels:
+            table, gaps = self._address_table(names)
+            table = table.copy()
+            if "grad" in names:
+                table[:, names.index("grad")] = gradients.address
+            for i, j in gaps:
+                if i in gradients.source:
+                    if (i, names[j]) not in copies:
+                        a = self._arrays(names[j], i)
+                        copies[i, names[j]] = (a, np.ascontiguousarray(a))
+                    table[i, j] = _address_of()(copies[i, names[j]][1])
+            addresses.append(table)
+            sums.append(np.zeros((len(self._params), len(kernel.sums)), np.float64))
         for (dtype, grad_dtype), items, total in gradients.plan:
-            rows = table if table.dtype == dtype else table.astype(dtype)  # float32 rows of a float64 table
-            dtypes = tuple(grad_dtype if n == "grad" else dtype for n in names)
-            partials = np.empty((len(items), n_sums), np.float64)
-            _call(lambda parallel: _driver(kernel, parallel, dtypes), total,
-                  (items, addresses, gradients.sizes, rows, self._ctl, partials, sums))
-        for a, c in copies:
+            dtypes, args = [], []
+            for (kernel, names, table), address, total_sums in zip(kernels, addresses, sums):
+                dtypes.append(tuple(grad_dtype if n == "grad" else dtype for n in names))
+                rows = table if table.dtype == dtype else table.astype(dtype)  # float32 rows of a float64 table
+                args.append((address, rows, np.empty((len(items), len(kernel.sums)), np.float64), total_sums))
+            (address, rows, partials, total_sums), *second = args
+            call = [items, address, gradients.sizes, rows, self._ctl, partials, total_sums]
+            for more in second:
+                call += more
+            fused = tuple(k for k, _, _ in kernels)
+            _call(lambda parallel: _driver(fused, parallel, tuple(dtypes)), total, call)
+        for a, c in copies.values():
             a[...] = c.reshape(a.shape)
         launch_counts["numba"] += 1
         return sums
