@@ -17,7 +17,9 @@ a mix of 200 tensors (3.2M elements, shaped like a small CNN).  Side by side, pe
 
 Achieved bandwidth: the bytes a step must move (parameter and every state buffer read and written
 once, the gradient read once) over the step time, shown for the fused CPU kernels beside a
-STREAM-like triad (``a = b + s*c``, float32, numba threads) measured in the same run.  The fused
+STREAM-like triad (``a = b + s*c``, float32, numba threads) measured in the same run.  Rows are
+timed at different moments, so a ratio between two rows would mix them: every optimizer's row but
+AdamW's also times fused AdamW on the same shapes in its turns, and gives the ratio of the two.  The fused
 kernels' first-step cost (compiling into an empty cache, then loading from it) is measured in fresh
 processes.  Writes <out>/benchmark.md (one Markdown table, with command, date, sizes and versions),
 benchmark.csv and benchmark.png.
@@ -49,6 +51,7 @@ SIZES = [10_000, 100_000, 1_000_000, 4_000_000, 16_000_000]
 MIX = "mix200"
 MAX_ELEMENTS = 2_000_000_000
 PARTS = ("numpy", "numba", "vulkan", "torch", "triad", "first-step")
+ADAMW_TURNS = "AdamW, fused"      # the fused AdamW step timed in every other optimizer's turns
 
 
 def cnn_mix(n=200, seed=0):
@@ -269,7 +272,8 @@ def columns_for(vk):
     return [("numpy", "NumPy twins ms"), ("numba", "fused CPU ms"),
             ("vulkan", f"{vk['label']} ms" if vk else "Vulkan ms"), ("kernel", "kernel-only ms"),
             ("torch foreach", "torch foreach ms"), ("torch fused", "torch fused ms"),
-            ("numba GB/s", "fused CPU GB/s"), ("of triad", "fused CPU / triad"), ("kernel GB/s", "kernel-only GB/s")]
+            ("numba GB/s", "fused CPU GB/s"), ("of triad", "fused CPU / triad"),
+            ("of AdamW", "fused CPU / AdamW's, same turns"), ("kernel GB/s", "kernel-only GB/s")]
 
 
 def main(argv=None):
@@ -337,14 +341,20 @@ def main(argv=None):
             if name == "AdamW":
                 for mode in torch_modes:
                     steps[f"torch {mode}"] = torch_step(shapes_for(size), mode)
+            elif "numba" in steps:     # AdamW takes its turns too, so the ratio of the two shares the moments
+                steps[ADAMW_TURNS], opts[ADAMW_TURNS] = optimizer_step(all_cases["AdamW"], shapes_for(size), False,
+                                                                      None, "numba")
             try:
                 seconds = time_steps(steps, args.budget)
+                adamw = seconds.pop(ADAMW_TURNS, None)
                 for key, value in seconds.items():
                     k += 1
                     row[key] = value * 1e3
                     print(f"[{k:3d}/{total}] {name:24s} {label(size):>20s} {key:13s} {value * 1e3:10.3f} ms", flush=True)
                     if key in opts:
                         row["B/elt"] = 4 * (3 + 2 * len(opts[key]._backend.buffers))
+                if adamw:
+                    row["of AdamW"] = f"{seconds['numba'] / adamw:.2f}x"
                 if "numba" in row:
                     row["numba GB/s"] = row["B/elt"] * n / (row["numba"] / 1e3) / 1e9
                     if triad:
@@ -368,6 +378,8 @@ def main(argv=None):
               "the columns of a row take turns (3 rounds each), so they share the machine's moments",
               "B/elt: bytes a step must move per element (parameter and each state buffer read and written, "
               "gradient read); GB/s = B/elt x elements / step time",
+              "fused CPU / AdamW's: the fused CPU step over fused AdamW's on the same shapes, AdamW timed in "
+              "the same turns as the row's columns",
               "kernel-only: the Vulkan step's dispatches alone, from GPU timestamps (no copies, no Python)",
               "torch: torch.optim.AdamW(lr=1e-3) on CPU tensors, AdamW rows only"
               + (f" (torch {torch_version})" if torch_version else " (not run)")]
