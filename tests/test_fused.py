@@ -123,7 +123,7 @@ def test_kernel_bits_match_numpy_twin(name, dtype):
 # ---------------------------------------------------------------------------------------- optimizers
 def _cases():
     from benchmarks.run import cases
-    from hyperopt import AdamW, AutoSGM, HIOptimizer
+    from hyperopt import AdamW, AutoSGM, HCNaturalGrad, HIOptimizer
     out = dict(cases())
     out["AdamW(amsgrad, maximize)"] = lambda p, use_gpu, device: AdamW(p, lr=1e-2, amsgrad=True, maximize=True,
                                                                         use_gpu=use_gpu, device=device)
@@ -134,6 +134,11 @@ def _cases():
         p, lr_cfg=(True, 1e-3, 3), beta_cfg=(0.9999, 0.999, 0.9, 0.0, 0, True), use_gpu=use_gpu, device=device)
     out["HIOptimizer(power 0.75, clip)"] = lambda p, use_gpu, device: HIOptimizer(
         p, lr=0.01, metric_power=0.75, grad_clip=1.0, use_gpu=use_gpu, device=device)
+    # nine projected directions: dispatches of four columns, which the fused backend runs in pairs
+    branches = np.random.default_rng(0).standard_normal((12, 9))
+    for projection in ("numpy", "hash"):
+        out[f"HCNaturalGrad(D=9, {projection})"] = lambda p, use_gpu, device, projection=projection: HCNaturalGrad(
+            p, lr=1e-3, fisher_damp=0.1, branches=branches, projection=projection, use_gpu=use_gpu, device=device)
     return out
 
 

@@ -428,17 +428,15 @@ class NumbaBackend(NumpyBackend):
         results, last = [], None
         steps = [(kernel, names, table) for (kernel, names), table in zip(program.dispatches, program.tables)]
         while steps:
-            kernel, names, table = steps.pop(0)
+            kernel, names, table = steps[0]
             if kernel.kind == CONTROL:
                 kernel.numpy(self._ctl, last, table)
+                steps = steps[1:]
                 continue
-            group = [(kernel, names, table)]
-            if kernel.fused is None:
-                group_sums = [self._run_elementwise(kernel, names, table)]
-            else:
-                if steps and steps[0][0].kind != CONTROL and steps[0][0].fused is not None:
-                    group.append(steps.pop(0))      # two fused kernels in a row: one pass, item by item
-                group_sums = self._run_fused(group)
+            pair = kernel.fused is not None and len(steps) > 1 and steps[1][0].kind != CONTROL \
+                and steps[1][0].fused is not None        # two fused kernels in a row: one pass, item by item
+            group, steps = steps[:1 + pair], steps[1 + pair:]
+            group_sums = self._run_fused(group) if kernel.fused is not None else [self._run_elementwise(*group[0])]
             for (k, _, _), last in zip(group, group_sums):
                 if k.sums:
                     results.append(last)
@@ -463,36 +461,34 @@ class NumbaBackend(NumpyBackend):
         return entry
 
     def _run_fused(self, kernels):
-        """One compiled pass of one or two fused kernels, ``[(kernel, buffer names, table)]``:
+        """One compiled pass of one or two fused kernels, ``[(kernel, buffer names, scalar table)]``:
         each kernel's per-segment sums."""
         gradients = self._gradients
         copies: dict = {}       # (parameter, buffer name) -> (buffer, its C-order copy), shared by the pair
         addresses, sums = [], []
         for kernel, names, _ in kernels:
-            table, gaps = self._address_table(names)
-            table = table.copy()
+            address, gaps = self._address_table(names)
+            address = address.copy()
             if "grad" in names:
-                table[:, names.index("grad")] = gradients.address
+                address[:, names.index("grad")] = gradients.address
             for i, j in gaps:
                 if i in gradients.source:
                     if (i, names[j]) not in copies:
                         a = self._arrays(names[j], i)
                         copies[i, names[j]] = (a, np.ascontiguousarray(a))
-                    table[i, j] = _address_of()(copies[i, names[j]][1])
-            addresses.append(table)
+                    address[i, j] = _address_of()(copies[i, names[j]][1])
+            addresses.append(address)
             sums.append(np.zeros((len(self._params), len(kernel.sums)), np.float64))
+        fused = tuple(kernel for kernel, _, _ in kernels)
         for (dtype, grad_dtype), items, total in gradients.plan:
-            dtypes, args = [], []
-            for (kernel, names, table), address, total_sums in zip(kernels, addresses, sums):
-                dtypes.append(tuple(grad_dtype if n == "grad" else dtype for n in names))
+            per_kernel, dtypes = [], []
+            for (kernel, names, table), address, kernel_sums in zip(kernels, addresses, sums):
                 rows = table if table.dtype == dtype else table.astype(dtype)  # float32 rows of a float64 table
-                args.append((address, rows, np.empty((len(items), len(kernel.sums)), np.float64), total_sums))
-            (address, rows, partials, total_sums), *second = args
-            call = [items, address, gradients.sizes, rows, self._ctl, partials, total_sums]
-            for more in second:
-                call += more
-            fused = tuple(k for k, _, _ in kernels)
-            _call(lambda parallel: _driver(fused, parallel, tuple(dtypes)), total, call)
+                per_kernel.append((address, rows, np.empty((len(items), len(kernel.sums)), np.float64), kernel_sums))
+                dtypes.append(tuple(grad_dtype if n == "grad" else dtype for n in names))
+            (address, rows, partials, kernel_sums), *second = per_kernel     # _drive_pair takes the second's last
+            args = (items, address, gradients.sizes, rows, self._ctl, partials, kernel_sums, *(second[0] if second else ()))
+            _call(lambda parallel: _driver(fused, parallel, tuple(dtypes)), total, args)
         for a, c in copies.values():
             a[...] = c.reshape(a.shape)
         launch_counts["numba"] += 1
