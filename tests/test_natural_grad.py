@@ -1,7 +1,12 @@
 """HCNaturalGrad: bit-exact functional replays, the ordinary optimizer on both backends, its kernels,
 the helpers (flatten, covariance, CG), the errors, and a real descent."""
 import json
+import os
 import pickle
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,7 +102,6 @@ def test_functional_replay_to_rounding(name):
 
 
 def _openblas_on_x86():
-    import platform
     config = np.show_config(mode="dicts") if np.lib.NumpyVersion(np.__version__) >= "1.26.0" else {}
     blas = config.get("Build Dependencies", {}).get("blas", {}).get("name", "")
     return platform.machine().lower() in ("x86_64", "amd64") and "openblas" in blas
@@ -111,10 +115,6 @@ def test_functional_replay_is_bit_for_bit(name):
     the last bits.  Bit for bit, then, in a process whose OpenBLAS runs the Haswell kernels."""
     if not _openblas_on_x86():
         pytest.skip("NumPy's BLAS here is not OpenBLAS on x86-64: the goldens' kernels cannot be chosen")
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
     tests = Path(__file__).resolve().parent
     env = dict(os.environ, OPENBLAS_CORETYPE="Haswell",
                PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
