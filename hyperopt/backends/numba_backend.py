@@ -132,48 +132,47 @@ def load_numba():
 
 
 # ------------------------------------------------------------------ the compiled driver
+# ``_body``, ``_views`` and ``prange`` are bound per kernel, variant and buffer dtypes (see ``_driver``).
 # ``items[w] = (segment, lo, hi)``; segment ``i`` has ``sizes[i]`` elements in the buffers whose
 # addresses are ``addresses[i]``, its scalars in ``table[i]``.  ``partials[w]`` gets item ``w``'s
 # sums; ``sums[i]`` (zeros on entry) their total over the segment's items, in item order.
-# ``_item`` (``_run_item`` bound to a kernel's ``_body`` and ``_views``) and ``prange`` are bound
-# per kernel, variant and buffer dtypes (see ``_driver``).
 def _drive(items, addresses, sizes, table, ctl, partials, sums):
+    n_sums = partials.shape[1]
     for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
         i = items[w, 0]
         # unsigned bounds: indices the compiler knows are non-negative need no wraparound, so it vectorises
         lo, hi = np.uint64(items[w, 1]), np.uint64(items[w, 2])
-        _item(lo, hi, addresses[i], sizes[i], table[i], ctl, partials[w])  # noqa: F821
-    _add_partials(items, partials, sums)  # noqa: F821
+        lanes = np.zeros((n_sums, LANES))
+        _body(lo, hi, _views(addresses[i], sizes[i]), table[i], ctl, lanes)  # noqa: F821
+        for k in range(n_sums):
+            partials[w, k] = _lanes_total(lanes[k])  # noqa: F821 - bound by _driver
+    for w in range(items.shape[0]):
+        for k in range(n_sums):
+            sums[items[w, 0], k] += partials[w, k]
 
 
 # Two kernels that follow each other in a program, item by item: the second runs on an item right
 # after the first, while the item's buffers are still in cache.  Elementwise kernels read and write
 # element ``i`` alone, so this gives the bits of running one after the other.  The second kernel's
-# arguments carry a 2 (``_item2``, ``addresses2``, ...).
+# arguments carry a 2 (``_body2``, ``_views2``, ``addresses2``, ...).
 def _drive_pair(items, addresses, sizes, table, ctl, partials, sums, addresses2, table2, partials2, sums2):
+    n_sums, n_sums2 = partials.shape[1], partials2.shape[1]
     for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
         i = items[w, 0]
         lo, hi = np.uint64(items[w, 1]), np.uint64(items[w, 2])
-        _item(lo, hi, addresses[i], sizes[i], table[i], ctl, partials[w])  # noqa: F821
-        _item2(lo, hi, addresses2[i], sizes[i], table2[i], ctl, partials2[w])  # noqa: F821
-    _add_partials(items, partials, sums)  # noqa: F821
-    _add_partials(items, partials2, sums2)  # noqa: F821
-
-
-# One kernel on one work item: its body on elements ``lo:hi`` of the buffers at ``address`` (``n``
-# elements each), its sums' lanes totalled into ``partials`` (one per sum).
-def _run_item(lo, hi, address, n, row, ctl, partials):
-    lanes = np.zeros((partials.shape[0], LANES))
-    _body(lo, hi, _views(address, n), row, ctl, lanes)  # noqa: F821 - bound by _driver
-    for k in range(partials.shape[0]):
-        partials[k] = _lanes_total(lanes[k])  # noqa: F821 - bound by _driver
-
-
-def _add_partials(items, partials, sums):
-    """Each segment's sums: its items' partials added in item order (the same bits for any threads)."""
+        lanes = np.zeros((n_sums, LANES))
+        _body(lo, hi, _views(addresses[i], sizes[i]), table[i], ctl, lanes)  # noqa: F821
+        for k in range(n_sums):
+            partials[w, k] = _lanes_total(lanes[k])  # noqa: F821
+        lanes2 = np.zeros((n_sums2, LANES))
+        _body2(lo, hi, _views2(addresses2[i], sizes[i]), table2[i], ctl, lanes2)  # noqa: F821
+        for k in range(n_sums2):
+            partials2[w, k] = _lanes_total(lanes2[k])  # noqa: F821
     for w in range(items.shape[0]):
-        for k in range(partials.shape[1]):
+        for k in range(n_sums):
             sums[items[w, 0], k] += partials[w, k]
+        for k in range(n_sums2):
+            sums2[items[w, 0], k] += partials2[w, k]
 
 
 # The gradient check: the first segment (in item order) holding an element that is not finite or
@@ -264,11 +263,10 @@ def _driver(kernels, parallel: bool, dtypes):
                 env["_views"] = _views_factory(numba, dtypes[0])
             else:
                 template = (_drive, _drive_pair)[len(kernels) - 1]
-                env["_add_partials"] = numba.njit(_add_partials, **_FLAGS)
                 for k, (kernel, types_k) in enumerate(zip(kernels, dtypes)):
-                    item_env = dict(env, _body=_compiled_body(kernel, numba), _views=_views_factory(numba, types_k))
-                    env["_item" + (str(k + 1) if k else "")] = numba.njit(
-                        types.FunctionType(_run_item.__code__, item_env, f"run_item_{kernel.name}"), **_FLAGS)
+                    suffix = str(k + 1) if k else ""
+                    env["_body" + suffix] = _compiled_body(kernel, numba)
+                    env["_views" + suffix] = _views_factory(numba, types_k)
             # numba's cache is keyed by the driver's name and file (whose stamp it checks): name it after
             # the kernels, the variant, the buffer dtypes and a hash of the kernel modules, so an edited
             # body or helper never meets a stale build.
