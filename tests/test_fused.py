@@ -440,6 +440,40 @@ def test_launch_counts_tell_which_implementation_ran(monkeypatch):
     assert launch_counts["numba"] == before + 3
 
 
+_TWIN_RUNS = """
+import os, sys, numpy as np, hyperopt
+def run(name, dtype, kernels):
+    os.environ["HYPEROPT_CPU_KERNELS"] = kernels
+    p = np.linspace(-1, 1, 3001).astype(dtype)
+    opt = getattr(hyperopt, name)([p], use_gpu=False)
+    assert opt.backend == kernels, opt.backend
+    for k in range(3):
+        opt.step(gradients=[np.cos(p * (k + 3)).astype(dtype)])
+    return p
+for job in sys.argv[1:]:
+    name, dtype = job.split(":")
+    same = run(name, dtype, "numba").tobytes() == run(name, dtype, "numpy").tobytes()
+    print(job, "same" if same else "different")
+"""
+
+
+@pytest.mark.timeout(600)
+def test_drivers_cached_by_other_processes_run_their_own_bodies(tmp_path):
+    """Each process compiles one optimizer's drivers into a shared cache, then one process loads
+    them all.  Compiled symbols are numbered per process, so pieces of different drivers can carry
+    the same number; if they also shared a name, the last process would run one optimizer's body
+    in another's driver (it did, before every bound piece got a name of its own)."""
+    jobs = ["AdamW:float32", "HIOptimizer:float32", "AutoSGM:float32", "AdamW:float64"]
+    env = dict(NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    for job in jobs:
+        r = subprocess.run([sys.executable, "-c", _TWIN_RUNS, job], env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
+                           capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0 and r.stdout.split() == [job, "same"], r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-c", _TWIN_RUNS, *jobs], env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and r.stdout.split() == [w for job in jobs for w in (job, "same")], r.stdout + r.stderr
+
+
 @pytest.mark.timeout(600)
 def test_unwritable_cache_dir_still_works(tmp_path):
     blocker = tmp_path / "blocker"

@@ -3,7 +3,8 @@
 Same interface and state layout as the NumPy backend (it only replaces how elementwise kernels
 run).  A kernel's run is one compiled call for all its parameters: the work is a list of items,
 each a whole small parameter or one block of ``CHUNK`` elements (counted from the parameter's
-start) of a large one, shared out over numba's threads; each item's sums are totalled from its
+start) of a large one (``PIECE`` elements where the kernels produce no sums), shared out over
+numba's threads; each item's sums are totalled from its
 lanes, then a parameter's block partials are added in block order, so the sums are the NumPy twins'
 bits whatever the thread count.  The compiled code reaches each parameter's buffers through their
 addresses (a table of pointers, one row per parameter), so one call serves any number of tensors;
@@ -55,8 +56,10 @@ _FLAGS = dict(fastmath=False, error_model="numpy")
 _compile_lock = threading.Lock()
 _parallel_lock = threading.Lock()
 _threadsafe = False          # the threading layer runs parallel regions from several threads at once
-#: runs with fewer elements take the serial build (a thread launch costs more than it saves)
-PARALLEL_MIN = 2 * CHUNK
+#: elements per work item of a pass whose kernels produce no sums, and of the gradient check (only
+#: sums tie items to the ``CHUNK``-element blocks): a tensor of 1e5 elements then runs on two threads
+#: (13% faster for AdamW, in one process against whole blocks; no change measured at 1e6 or 4e6)
+PIECE = 1 << 15
 
 
 def _renew_locks():
@@ -132,47 +135,48 @@ def load_numba():
 
 
 # ------------------------------------------------------------------ the compiled driver
-# ``_body``, ``_views`` and ``prange`` are bound per kernel, variant and buffer dtypes (see ``_driver``).
 # ``items[w] = (segment, lo, hi)``; segment ``i`` has ``sizes[i]`` elements in the buffers whose
 # addresses are ``addresses[i]``, its scalars in ``table[i]``.  ``partials[w]`` gets item ``w``'s
 # sums; ``sums[i]`` (zeros on entry) their total over the segment's items, in item order.
+# ``_item`` (``_run_item`` bound to a kernel's ``_body`` and ``_views``) and ``prange`` are bound
+# per kernel, variant and buffer dtypes (see ``_driver``).
 def _drive(items, addresses, sizes, table, ctl, partials, sums):
-    n_sums = partials.shape[1]
     for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
         i = items[w, 0]
         # unsigned bounds: indices the compiler knows are non-negative need no wraparound, so it vectorises
         lo, hi = np.uint64(items[w, 1]), np.uint64(items[w, 2])
-        lanes = np.zeros((n_sums, LANES))
-        _body(lo, hi, _views(addresses[i], sizes[i]), table[i], ctl, lanes)  # noqa: F821
-        for k in range(n_sums):
-            partials[w, k] = _lanes_total(lanes[k])  # noqa: F821 - bound by _driver
-    for w in range(items.shape[0]):
-        for k in range(n_sums):
-            sums[items[w, 0], k] += partials[w, k]
+        _item(lo, hi, addresses[i], sizes[i], table[i], ctl, partials[w])  # noqa: F821
+    _add_partials(items, partials, sums)  # noqa: F821
 
 
 # Two kernels that follow each other in a program, item by item: the second runs on an item right
 # after the first, while the item's buffers are still in cache.  Elementwise kernels read and write
 # element ``i`` alone, so this gives the bits of running one after the other.  The second kernel's
-# arguments carry a 2 (``_body2``, ``_views2``, ``addresses2``, ...).
+# arguments carry a 2 (``_item2``, ``addresses2``, ...).
 def _drive_pair(items, addresses, sizes, table, ctl, partials, sums, addresses2, table2, partials2, sums2):
-    n_sums, n_sums2 = partials.shape[1], partials2.shape[1]
     for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
         i = items[w, 0]
         lo, hi = np.uint64(items[w, 1]), np.uint64(items[w, 2])
-        lanes = np.zeros((n_sums, LANES))
-        _body(lo, hi, _views(addresses[i], sizes[i]), table[i], ctl, lanes)  # noqa: F821
-        for k in range(n_sums):
-            partials[w, k] = _lanes_total(lanes[k])  # noqa: F821
-        lanes2 = np.zeros((n_sums2, LANES))
-        _body2(lo, hi, _views2(addresses2[i], sizes[i]), table2[i], ctl, lanes2)  # noqa: F821
-        for k in range(n_sums2):
-            partials2[w, k] = _lanes_total(lanes2[k])  # noqa: F821
+        _item(lo, hi, addresses[i], sizes[i], table[i], ctl, partials[w])  # noqa: F821
+        _item2(lo, hi, addresses2[i], sizes[i], table2[i], ctl, partials2[w])  # noqa: F821
+    _add_partials(items, partials, sums)  # noqa: F821
+    _add_partials(items, partials2, sums2)  # noqa: F821
+
+
+# One kernel on one work item: its body on elements ``lo:hi`` of the buffers at ``address`` (``n``
+# elements each), its sums' lanes totalled into ``partials`` (one per sum).
+def _run_item(lo, hi, address, n, row, ctl, partials):
+    lanes = np.zeros((partials.shape[0], LANES))
+    _body(lo, hi, _views(address, n), row, ctl, lanes)  # noqa: F821 - bound by _driver
+    for k in range(partials.shape[0]):
+        partials[k] = _lanes_total(lanes[k])  # noqa: F821 - bound by _driver
+
+
+def _add_partials(items, partials, sums):
+    """Each segment's sums: its items' partials added in item order (the same bits for any threads)."""
     for w in range(items.shape[0]):
-        for k in range(n_sums):
+        for k in range(partials.shape[1]):
             sums[items[w, 0], k] += partials[w, k]
-        for k in range(n_sums2):
-            sums2[items[w, 0], k] += partials2[w, k]
 
 
 # The gradient check: the first segment (in item order) holding an element that is not finite or
@@ -208,7 +212,7 @@ def _views_factory(numba, dtypes):
     env = {"carray": numba.carray, **{f"pointer{k}": pointer_to(d) for k, d in enumerate(dtypes)}}
     views = ", ".join(f"carray(pointer{k}(row[{k}]), n)" for k in range(len(dtypes)))
     exec(f"def views(row, n):\n    return ({views},)\n", env)
-    return numba.njit(env["views"], **_FLAGS)
+    return numba.njit(_renamed(env["views"], env, f"views_{_types_tag((dtypes,))}"), **_FLAGS)
 
 
 def _jit_helpers(fn, numba, done):
@@ -244,6 +248,23 @@ def _compiled_body(kernel, numba):
     return numba.njit(types.FunctionType(body.__code__, _jit_helpers(body, numba, {}), body.__name__), **_FLAGS)
 
 
+def _types_tag(dtypes) -> str:
+    """``dtypes`` (per kernel, one per buffer) as a name: ``float32_float64__float32``."""
+    return "__".join("_".join(np.dtype(d).name for d in types_k) for types_k in dtypes)
+
+
+def _renamed(fn, env, name):
+    """``fn``'s code with the globals ``env``, named (and qualified) ``name``.
+
+    A compiled function's symbol is its qualified name and a counter that restarts in every
+    process, so two processes can give different bodies the same symbol; when the drivers that
+    they cached on disk meet in a third process, one body runs in place of the other.  Every copy
+    with bindings of its own therefore gets a name unique to what it runs."""
+    copy = types.FunctionType(fn.__code__, env, name, fn.__defaults__)
+    copy.__qualname__ = name
+    return copy
+
+
 def _driver(kernels, parallel: bool, dtypes):
     """The compiled driver of ``kernels`` (one kernel, or two run item by item; ``None``: the
     gradient check) for buffers of ``dtypes`` (per kernel, one per buffer), parallel over items or
@@ -263,18 +284,16 @@ def _driver(kernels, parallel: bool, dtypes):
                 env["_views"] = _views_factory(numba, dtypes[0])
             else:
                 template = (_drive, _drive_pair)[len(kernels) - 1]
+                env["_add_partials"] = numba.njit(_add_partials, **_FLAGS)
                 for k, (kernel, types_k) in enumerate(zip(kernels, dtypes)):
-                    suffix = str(k + 1) if k else ""
-                    env["_body" + suffix] = _compiled_body(kernel, numba)
-                    env["_views" + suffix] = _views_factory(numba, types_k)
+                    item_env = dict(env, _body=_compiled_body(kernel, numba), _views=_views_factory(numba, types_k))
+                    item = _renamed(_run_item, item_env, f"run_item_{kernel.name}_{_types_tag((types_k,))}_{_kernels_hash()}")
+                    env["_item" + (str(k + 1) if k else "")] = numba.njit(item, **_FLAGS)
             # numba's cache is keyed by the driver's name and file (whose stamp it checks): name it after
             # the kernels, the variant, the buffer dtypes and a hash of the kernel modules, so an edited
             # body or helper never meets a stale build.
-            types_tag = "__".join("_".join(np.dtype(d).name for d in types_k) for types_k in dtypes)
-            label = f"drive_{name.replace('+', '_and_')}_{'parallel' if parallel else 'serial'}_{types_tag}_{_kernels_hash()}"
-            drive = types.FunctionType(template.__code__, env, label)
-            drive.__qualname__ = label
-            _compiled[key] = numba.njit(drive, parallel=parallel, cache=_cache, **_FLAGS)
+            label = f"drive_{name.replace('+', '_and_')}_{'parallel' if parallel else 'serial'}_{_types_tag(dtypes)}_{_kernels_hash()}"
+            _compiled[key] = numba.njit(_renamed(template, env, label), parallel=parallel, cache=_cache, **_FLAGS)
     return _compiled[key]
 
 
@@ -291,19 +310,20 @@ def _address_of():
     return load_numba().njit(_data_address, cache=_cache)
 
 
-def _items(sizes, segments) -> np.ndarray:
-    """Work items ``(segment, lo, hi)``: a segment of up to ``CHUNK`` elements whole, a larger one
-    in ``CHUNK``-element blocks from its start, in segment then block order."""
+def _items(sizes, segments, size=CHUNK) -> np.ndarray:
+    """Work items ``(segment, lo, hi)``: a segment of up to ``size`` elements whole, a larger one
+    in ``size``-element blocks from its start, in segment then block order."""
     rows = []
     for i in segments:
         n = int(sizes[i])
-        rows += [(i, lo, min(n, lo + CHUNK)) for lo in range(0, n, CHUNK)] if n > CHUNK else [(i, 0, n)]
+        rows += [(i, lo, min(n, lo + size)) for lo in range(0, n, size)] if n > size else [(i, 0, n)]
     return np.array(rows, np.int64).reshape(-1, 3)
 
 
-def _call(drive_for, total, args):
-    """Run the serial or parallel build (``drive_for(parallel)``) on ``args``."""
-    if total < PARALLEL_MIN:
+def _call(drive_for, total, args, item=CHUNK):
+    """Run the serial or parallel build (``drive_for(parallel)``) on ``args``: serial below two
+    items' worth of elements (``item`` per item), where a thread launch costs more than it saves."""
+    if total < 2 * item:
         return drive_for(False)(*args)
     drive = drive_for(True)
     if _threadsafe:
@@ -345,28 +365,32 @@ class _Gradients:
     def __init__(self, grads: dict, sizes: np.ndarray, param_dtypes: list, plans: dict):
         self.source, self.arrays = grads, dict(grads)
         self.sizes = sizes
-        self.address = np.zeros(len(sizes), np.int64)
-        self.keep = []                         # C-order copies the addresses point into
-        active = tuple(sorted(grads))
-        arrays = [grads[i] for i in active]
-        key = (active, tuple([g.dtype for g in arrays]))
+        arrays = list(grads.values())
+        key = (tuple(grads), tuple([g.dtype for g in arrays]))
         plan = plans.get(key)
         if plan is None:
             by_dtype: dict = {}
-            for i, g in zip(active, arrays):
-                by_dtype.setdefault((param_dtypes[i], g.dtype), []).append(i)
-            plan = [(dtypes, _items(sizes, idx), int(sizes[idx].sum())) for dtypes, idx in by_dtype.items()]
+            for i in sorted(grads):
+                by_dtype.setdefault((param_dtypes[i], grads[i].dtype), []).append(i)
+            plan = [(dtypes, _items(sizes, idx), int(sizes[idx].sum()), _items(sizes, idx, PIECE))
+                    for dtypes, idx in by_dtype.items()]
             if len(plans) > 64:               # active sets that come and go
                 plans.clear()
             plans[key] = plan
         self.plan = plan
         address = _address_of()
         addresses = [address(g) for g in arrays]
-        for k, a in enumerate(addresses):
-            if a == 0:
-                self.keep.append(np.ascontiguousarray(arrays[k]))
-                addresses[k] = address(self.keep[-1])
-        self.address[list(active)] = addresses
+        self.keep = []                         # C-order copies the addresses point into
+        if 0 in addresses:
+            for k, a in enumerate(addresses):
+                if a == 0:
+                    self.keep.append(np.ascontiguousarray(arrays[k]))
+                    addresses[k] = address(self.keep[-1])
+        if key[0] == _in_order(len(sizes)):      # every parameter, in order: the list is the column
+            self.address = np.array(addresses, np.int64)
+        else:
+            self.address = np.zeros(len(sizes), np.int64)
+            self.address[list(grads)] = addresses
 
     def matches(self, grads) -> bool:
         """Whether ``grads`` is the dict these addresses were taken from, holding the same arrays."""
@@ -375,12 +399,62 @@ class _Gradients:
 
     def first_bad(self, limit) -> int | None:
         """The first parameter whose gradient has an element beyond ``limit(dtype)`` (or NaN), or None."""
-        for (_, dtype), items, total in self.plan:
+        column = self.address.reshape(-1, 1)
+        for (_, dtype), _, total, pieces in self.plan:
             bad = _call(lambda parallel: _driver(None, parallel, ((dtype,),)), total,
-                        (items, self.address.reshape(-1, 1), self.sizes, limit(dtype)))
+                        (pieces, column, self.sizes, limit(dtype)))
             if bad >= 0:
                 return bad
         return None
+
+
+@functools.lru_cache(maxsize=16)
+def _in_order(n: int) -> tuple:
+    return tuple(range(n))
+
+
+class _Pass:
+    """One compiled pass of a program: a fused kernel, or two that follow each other there (run
+    item by item, ``_drive_pair``), with what stays the same from one step to the next."""
+
+    def __init__(self, steps):               # [(kernel, buffer names, scalar table)]
+        self.steps = steps
+        self.kernels = tuple(kernel for kernel, _, _ in steps)
+        self.item = CHUNK if any(kernel.sums for kernel in self.kernels) else PIECE    # elements per work item
+        self._drivers: dict = {}
+
+    def driver(self, dtype, grad_dtype, parallel: bool):
+        """The compiled driver for parameters of ``dtype`` whose gradients have ``grad_dtype``."""
+        key = (dtype, grad_dtype, parallel)
+        drive = self._drivers.get(key)
+        if drive is None:
+            dtypes = tuple(tuple(grad_dtype if n == "grad" else dtype for n in names) for _, names, _ in self.steps)
+            drive = self._drivers[key] = _driver(self.kernels, parallel, dtypes)
+        return drive
+
+
+def _schedule(program) -> list:
+    """A program's dispatches as they run here: control kernels (``(kernel, table)``), compiled passes
+    (``_Pass``: consecutive fused kernels in pairs) and twins of kernels without a fused body
+    (``(kernel, names, table)``); built once per program."""
+    schedule = program.__dict__.get("numba_schedule")
+    if schedule is None:
+        steps = [(kernel, names, table) for (kernel, names), table in zip(program.dispatches, program.tables)]
+        schedule = []
+        while steps:
+            kernel, names, table = steps[0]
+            if kernel.kind == CONTROL:
+                schedule.append((kernel, table))
+                steps = steps[1:]
+            elif kernel.fused is None:
+                schedule.append(steps[0])
+                steps = steps[1:]
+            else:           # two fused kernels in a row: one pass, item by item
+                pair = len(steps) > 1 and steps[1][0].kind != CONTROL and steps[1][0].fused is not None
+                schedule.append(_Pass(steps[:1 + pair]))
+                steps = steps[1 + pair:]
+        program.numba_schedule = schedule
+    return schedule
 
 
 class NumbaBackend(NumpyBackend):
@@ -428,26 +502,24 @@ class NumbaBackend(NumpyBackend):
             if self._gradients is None or not self._gradients.matches(grads):
                 self._gradients = _Gradients(grads, self._sizes, self._dtypes, self._plans)
         results, last = [], None
-        steps = [(kernel, names, table) for (kernel, names), table in zip(program.dispatches, program.tables)]
-        while steps:
-            kernel, names, table = steps[0]
-            if kernel.kind == CONTROL:
+        for entry in _schedule(program):
+            if type(entry) is _Pass:
+                for (kernel, _, _), last in zip(entry.steps, self._run_pass(entry)):
+                    if kernel.sums:
+                        results.append(last)
+            elif len(entry) == 2:                 # a control kernel
+                kernel, table = entry
                 kernel.numpy(self._ctl, last, table)
-                steps = steps[1:]
-                continue
-            pair = kernel.fused is not None and len(steps) > 1 and steps[1][0].kind != CONTROL \
-                and steps[1][0].fused is not None        # two fused kernels in a row: one pass, item by item
-            group, steps = steps[:1 + pair], steps[1 + pair:]
-            group_sums = self._run_fused(group) if kernel.fused is not None else [self._run_elementwise(*group[0])]
-            for (k, _, _), last in zip(group, group_sums):
-                if k.sums:
+            else:
+                last = self._run_elementwise(*entry)
+                if entry[0].sums:
                     results.append(last)
         return results
 
     def _address_table(self, names):
-        """Per parameter, the addresses of the buffers ``names`` (the gradient's column is filled at run
-        time), and the (parameter, buffer) entries that are not C-contiguous (they run on copies);
-        both only change with ``bind``/``set_param``."""
+        """Per parameter, the addresses of the buffers ``names`` (the gradient's column, if any, is
+        filled at run time), that column's index or None, and the (parameter, buffer) entries that
+        are not C-contiguous (they run on copies); all only change with ``bind``/``set_param``."""
         entry = self._addresses.get(names)
         if entry is None:
             table, gaps = np.zeros((len(self._params), len(names)), np.int64), []
@@ -459,20 +531,20 @@ class NumbaBackend(NumpyBackend):
                             table[i, j] = _address_of()(a)
                         else:                  # e.g. a transposed parameter
                             gaps.append((i, j))
-            entry = self._addresses[names] = (table, gaps)
+            entry = self._addresses[names] = (table, names.index("grad") if "grad" in names else None, gaps)
         return entry
 
-    def _run_fused(self, kernels):
-        """One compiled pass of one or two fused kernels, ``[(kernel, buffer names, scalar table)]``:
-        each kernel's per-segment sums."""
+    def _run_pass(self, fused: _Pass):
+        """One compiled pass of one or two fused kernels: each kernel's per-segment sums."""
         gradients = self._gradients
         copies: dict = {}       # (parameter, buffer name) -> (buffer, its C-order copy), shared by the pair
         addresses, sums = [], []
-        for kernel, names, _ in kernels:
-            address, gaps = self._address_table(names)
-            address = address.copy()
-            if "grad" in names:
-                address[:, names.index("grad")] = gradients.address
+        for kernel, names, _ in fused.steps:
+            address, grad_column, gaps = self._address_table(names)
+            if grad_column is not None or gaps:
+                address = address.copy()
+            if grad_column is not None:
+                address[:, grad_column] = gradients.address
             for i, j in gaps:
                 if i in gradients.source:
                     if (i, names[j]) not in copies:
@@ -481,16 +553,17 @@ class NumbaBackend(NumpyBackend):
                     address[i, j] = _address_of()(copies[i, names[j]][1])
             addresses.append(address)
             sums.append(np.zeros((len(self._params), len(kernel.sums)), np.float64))
-        fused = tuple(kernel for kernel, _, _ in kernels)
-        for (dtype, grad_dtype), items, total in gradients.plan:
-            per_kernel, dtypes = [], []
-            for (kernel, names, table), address, kernel_sums in zip(kernels, addresses, sums):
+        for (dtype, grad_dtype), items, total, pieces in gradients.plan:
+            if fused.item != CHUNK:
+                items = pieces
+            args = [items]
+            for (kernel, _, table), address, kernel_sums in zip(fused.steps, addresses, sums):
                 rows = table if table.dtype == dtype else table.astype(dtype)  # float32 rows of a float64 table
-                per_kernel.append((address, rows, np.empty((len(items), len(kernel.sums)), np.float64), kernel_sums))
-                dtypes.append(tuple(grad_dtype if n == "grad" else dtype for n in names))
-            (address, rows, partials, kernel_sums), *second = per_kernel     # _drive_pair takes the second's last
-            args = (items, address, gradients.sizes, rows, self._ctl, partials, kernel_sums, *(second[0] if second else ()))
-            _call(lambda parallel: _driver(fused, parallel, tuple(dtypes)), total, args)
+                partials = np.empty((len(items), len(kernel.sums)), np.float64)
+                # _drive's arguments, then _drive_pair's for the second kernel
+                args += (address, gradients.sizes, rows, self._ctl, partials, kernel_sums) if len(args) == 1 \
+                    else (address, rows, partials, kernel_sums)
+            _call(lambda parallel: fused.driver(dtype, grad_dtype, parallel), total, args, fused.item)
         for a, c in copies.values():
             a[...] = c.reshape(a.shape)
         launch_counts["numba"] += 1
