@@ -434,19 +434,16 @@ class _Pass:
 
 
 def _schedule(program) -> list:
-    """A program's dispatches as they run here: control kernels (``(kernel, table)``), compiled passes
-    (``_Pass``: consecutive fused kernels in pairs) and twins of kernels without a fused body
-    (``(kernel, names, table)``); built once per program."""
+    """A program's dispatches as they run here, built once per program: compiled passes (``_Pass``:
+    consecutive fused kernels in pairs), and ``(kernel, buffer names, scalar table)`` for control
+    kernels and for kernels without a fused body (their NumPy twins run)."""
     schedule = program.__dict__.get("numba_schedule")
     if schedule is None:
         steps = [(kernel, names, table) for (kernel, names), table in zip(program.dispatches, program.tables)]
         schedule = []
         while steps:
-            kernel, names, table = steps[0]
-            if kernel.kind == CONTROL:
-                schedule.append((kernel, table))
-                steps = steps[1:]
-            elif kernel.fused is None:
+            kernel = steps[0][0]
+            if kernel.kind == CONTROL or kernel.fused is None:
                 schedule.append(steps[0])
                 steps = steps[1:]
             else:           # two fused kernels in a row: one pass, item by item
@@ -507,8 +504,8 @@ class NumbaBackend(NumpyBackend):
                 for (kernel, _, _), last in zip(entry.steps, self._run_pass(entry)):
                     if kernel.sums:
                         results.append(last)
-            elif len(entry) == 2:                 # a control kernel
-                kernel, table = entry
+            elif entry[0].kind == CONTROL:
+                kernel, _, table = entry
                 kernel.numpy(self._ctl, last, table)
             else:
                 last = self._run_elementwise(*entry)
