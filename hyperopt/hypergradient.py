@@ -150,6 +150,8 @@ class _HypergradientBase(AdamW):
             for name, value in hyper.pop("appended"):
                 self._hyper[gi][name].append(value)
             self._hyper[gi].update(hyper)
+        if staged:
+            self._groups_validated()
         if observed is not None:
             self._commit_surprise(observed)
         for gi in members:

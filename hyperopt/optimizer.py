@@ -244,11 +244,20 @@ class Optimizer:
     def _validate_group(self, group: dict) -> None:
         """Raise ValueError for an out-of-range hyperparameter (override per optimizer)."""
 
+    def _group_values(self) -> list:
+        """Every group's hyperparameters as plain values, to compare from one step to the next."""
+        return [[list(v) if isinstance(v, list) else v for k, v in g.items() if k != "params"]
+                for g in self.param_groups]
+
+    def _groups_validated(self) -> None:
+        """The optimizer itself set group values its checks accept (an adapted lr, clipped to its
+        range): the next step need not check them again."""
+        self._validated = self._group_values()
+
     def _revalidate(self) -> None:
         """Check groups a schedule (or the user) changed since the last step, before anything moves."""
         seen = getattr(self, "_validated", None)
-        snapshot = [[list(v) if isinstance(v, list) else v for k, v in g.items() if k != "params"]
-                    for g in self.param_groups]
+        snapshot = self._group_values()
         try:
             same = snapshot == seen
         except (TypeError, ValueError):   # e.g. an array-valued hyperparameter
@@ -802,7 +811,8 @@ class _interrupts_deferred:
 def check_range(name: str, value, low=None, high=None, *, low_open=False, high_open=False, label=None):
     """torch-style check: raise ``ValueError('Invalid <label>: <value>')`` when out of range."""
     label = label or name
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (type(value) in (float, int) or isinstance(value, numbers.Real) and not isinstance(value, bool)) \
+        and math.isfinite(value)      # the exact types first: an ABC check costs a microsecond
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:

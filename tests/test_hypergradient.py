@@ -290,6 +290,26 @@ def test_schedule_writing_lr_rebases_the_adaptation(opt_kwargs):
             assert 0.002 < opt.current_lr <= 0.0022 + 1e-12
 
 
+@pytest.mark.parametrize("key, value, message", [("lr", -0.5, "Invalid learning rate: -0.5"),
+                                                   ("betas", (0.9, 1.5), "Invalid beta parameter at index 1")])
+def test_user_edits_after_adaptation_are_still_checked(key, value, message, opt_kwargs):
+    """An adapting optimizer does not re-check the values it set itself, but a value the user
+    writes between steps is still checked, and refused with nothing changed."""
+    g = _constant()
+    for cls, kw in [(HypergradientAdamW, dict(beta_hyper=1e-3)), (AutoHypergradientAdamW, dict(warmup_steps=0))]:
+        p = np.zeros(6, np.float32)
+        opt = make(cls, [p], opt_kwargs, lr=0.01, **kw)
+        for _ in range(4):
+            opt.step(gradients=[g])
+        assert opt.current_lr != 0.01                     # it adapted
+        before, state = p.copy(), opt.state_dict()
+        opt.param_groups[0][key] = value
+        with pytest.raises(ValueError, match=message):
+            opt.step(gradients=[g])
+        np.testing.assert_array_equal(p, before)
+        assert opt.state_dict()["state"][0]["step"] == state["state"][0]["step"]
+
+
 def test_histories_are_bounded(opt_kwargs):
     g = _constant()
     for size, expect in [(4, 4), (0, 0), (None, 20)]:
