@@ -119,6 +119,10 @@ MUTANTS = [
     ("fused-pair-short", "hyperopt/backends/numba_backend.py", "_item2(lo, hi, addresses2[i]",
      "_item2(lo, hi - np.uint64(1), addresses2[i]", [CPU_ONLY, "tests/test_fused.py", "-k", "optimizer_bits and Hypergradient and f32"],
      "the second kernel of a fused pair skips the last element of each item"),
+    ("fused-piece-sums", "hyperopt/backends/numba_backend.py",
+     "self.item = CHUNK if any(kernel.sums for kernel in self.kernels) else PIECE",
+     "self.item = PIECE", FUSED_DOT,
+     "kernels with sums run in items finer than the blocks their sums are defined on"),
     # ---- host control logic
     ("host-hyst-group-clip", "hyperopt/hysterograd.py", 'group["lr"], group["grad_clip"] or 0.0,',
      'group["lr"], self.defaults["grad_clip"] or 0.0,', HYST, "a group's own grad_clip ignored"),
@@ -141,6 +145,9 @@ MUTANTS = [
      "a gradient of another shape with the same size is accepted"),
     ("valid-overflow", "hyperopt/optimizer.py", "            return True\n    return bool(np.abs(a).max() <= _square_limit(a.dtype))\n",
      "            return True\n    return False\n", CORE, "a large finite gradient is refused as non-finite"),
+    ("valid-once", "hyperopt/optimizer.py", "            same = snapshot == seen", "            same = seen is not None",
+     ["tests/test_hypergradient.py", "tests/test_adamw.py", "-k", "user_edits or bad_input_leaves"],
+     "groups are checked at the first step only: a value written between steps goes unchecked"),
     ("valid-beta-open", "hyperopt/adamw.py", 'check_range("beta", b, 0, 1, high_open=True,',
      'check_range("beta", b, 0, 1, high_open=False,', ADAMW, "beta = 1 accepted"),
     # ---- state_dict
