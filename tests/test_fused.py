@@ -463,15 +463,16 @@ def test_drivers_cached_by_other_processes_run_their_own_bodies(tmp_path):
     them all.  Compiled symbols are numbered per process, so pieces of different drivers can carry
     the same number; if they also shared a name, the last process would run one optimizer's body
     in another's driver (it did, before every bound piece got a name of its own)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+
+    def run(*jobs):
+        r = subprocess.run([sys.executable, "-c", _TWIN_RUNS, *jobs], env=env, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0 and r.stdout.split() == [w for job in jobs for w in (job, "same")], r.stdout + r.stderr
+
     jobs = ["AdamW:float32", "HIOptimizer:float32", "AutoSGM:float32", "AdamW:float64"]
-    env = dict(NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     for job in jobs:
-        r = subprocess.run([sys.executable, "-c", _TWIN_RUNS, job], env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
-                           capture_output=True, text=True, timeout=240)
-        assert r.returncode == 0 and r.stdout.split() == [job, "same"], r.stdout + r.stderr
-    r = subprocess.run([sys.executable, "-c", _TWIN_RUNS, *jobs], env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
-                       capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0 and r.stdout.split() == [w for job in jobs for w in (job, "same")], r.stdout + r.stderr
+        run(job)
+    run(*jobs)
 
 
 @pytest.mark.timeout(600)
