@@ -4,13 +4,13 @@ Same interface and state layout as the NumPy backend (it only replaces how eleme
 run).  A kernel's run is one compiled call for all its parameters: the work is a list of items,
 each a whole small parameter or one block of ``CHUNK`` elements (counted from the parameter's
 start) of a large one (``PIECE`` elements where the kernels produce no sums), shared out over
-numba's threads; each item's sums are totalled from its
-lanes, then a parameter's block partials are added in block order, so the sums are the NumPy twins'
-bits whatever the thread count.  The compiled code reaches each parameter's buffers through their
-addresses (a table of pointers, one row per parameter), so one call serves any number of tensors;
-runs too small to share out take a serial build of the same code (no thread launch).  Two fused
-kernels that follow each other in a program run as one call, the second on each item right after
-the first, while the item's buffers are in cache (``_drive_pair``).
+numba's threads; each item's sums are totalled from its lanes, then a parameter's block partials
+are added in block order, so the sums are the NumPy twins' bits whatever the thread count.  The
+compiled code reaches each parameter's buffers through their addresses (a table of pointers, one
+row per parameter), so one call serves any number of tensors; runs too small to share out take a
+serial build of the same code (no thread launch).  Two fused kernels that follow each other in a
+program run as one call, the second on each item right after the first, while the item's buffers
+are in cache (``_drive_pair``).  A program is turned into these passes once (``_schedule``).
 
 Gradients are checked (finite, squares finite) by a compiled pass too, before anything moves
 (``check_gradients``), sharing the pointer table the run then uses.
