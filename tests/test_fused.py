@@ -475,6 +475,23 @@ def test_drivers_cached_by_other_processes_run_their_own_bodies(tmp_path):
     run(*jobs)
 
 
+_LAYER_AT_1E5 = ("import numpy as np, hyperopt\nfrom hyperopt.backends import numba_backend as nb\n"
+                 "p = np.ones(100_000, np.float32); o = hyperopt.AdamW([p], use_gpu=False)\n"
+                 "o.step(gradients=[p * 0.1]); assert o.backend == 'numba'\n"
+                 "print(nb._threadsafe, sorted({par for name, par, _ in nb._compiled if name == 'adamw_update'}))")
+
+
+@pytest.mark.timeout(300)
+def test_workqueue_threads_keep_small_runs_serial():
+    """A parallel region takes about 75 µs to start on numba's workqueue threads and 2 µs on tbb's,
+    so AdamW on 1e5 elements runs on both threads on tbb and on the serial build on workqueue."""
+    r = _python(_LAYER_AT_1E5, NUMBA_THREADING_LAYER="workqueue", HYPEROPT_CPU_KERNELS="numba")
+    assert r.returncode == 0 and r.stdout.split() == ["False", "[False]"], r.stdout + r.stderr
+    r = _python(_LAYER_AT_1E5, HYPEROPT_CPU_KERNELS="numba")          # the layer hyperopt picks
+    threadsafe = r.stdout.split()[0] == "True"
+    assert r.returncode == 0 and r.stdout.split()[1:] == (["[True]"] if threadsafe else ["[False]"]), r.stdout + r.stderr
+
+
 @pytest.mark.timeout(600)
 def test_unwritable_cache_dir_still_works(tmp_path):
     blocker = tmp_path / "blocker"

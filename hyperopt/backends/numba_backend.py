@@ -57,8 +57,9 @@ _compile_lock = threading.Lock()
 _parallel_lock = threading.Lock()
 _threadsafe = False          # the threading layer runs parallel regions from several threads at once
 #: elements per work item of a pass whose kernels produce no sums, and of the gradient check (only
-#: sums tie items to the ``CHUNK``-element blocks): a tensor of 1e5 elements then runs on two threads
-#: (13% faster for AdamW, in one process against whole blocks; no change measured at 1e6 or 4e6)
+#: sums tie items to the ``CHUNK``-element blocks): on tbb threads a tensor of 1e5 elements then runs
+#: on two threads (13% faster for AdamW, in one process against whole blocks; no change measured at
+#: 1e6 or 4e6)
 PIECE = 1 << 15
 
 
@@ -322,8 +323,9 @@ def _items(sizes, segments, size=CHUNK) -> np.ndarray:
 
 def _call(drive_for, total, args, item=CHUNK):
     """Run the serial or parallel build (``drive_for(parallel)``) on ``args``: serial below two
-    items' worth of elements (``item`` per item), where a thread launch costs more than it saves."""
-    if total < 2 * item:
+    items' worth of elements (``item`` per item), where a thread launch costs more than it saves,
+    and below two blocks' worth on workqueue threads, whose launch costs about 75 µs (tbb's: 2)."""
+    if total < 2 * (item if _threadsafe else CHUNK):
         return drive_for(False)(*args)
     drive = drive_for(True)
     if _threadsafe:
