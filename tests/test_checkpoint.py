@@ -170,13 +170,14 @@ def test_a_failure_mid_save_leaves_the_previous_file(tmp_path, monkeypatch, opt_
 
 
 _SAVER = """
-import sys, numpy as np, hyperopt
+import os, sys, numpy as np, hyperopt
 from hyperopt import AdamW
+parent = os.getppid()       # the test kills this process; should the test die first, it stops by itself
 params = [np.full((512, 512), float(k), np.float32) for k in range(8)]
 opt = AdamW(params, **({"use_gpu": False} if sys.argv[2] == "cpu" else {"use_gpu": True, "device": sys.argv[2]}))
 opt.step(gradients=[np.ones_like(p) for p in params])
 print("saving", flush=True)
-while True:
+while os.getppid() == parent:
     for p in params:
         p += 1.0
     hyperopt.save(opt, sys.argv[1], include_params=True)
