@@ -19,7 +19,7 @@ WORK=$(mktemp -d /tmp/hyperopt-gpu-check.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
 setup() {
-    if ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
+    if ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' > /dev/null; then   # no -q: an early exit would SIGPIPE ldconfig, and pipefail would read that as absent
         echo "Vulkan loader: already installed"
     else
         echo "Vulkan loader: unpacking the carried .debs into /"
