@@ -344,9 +344,11 @@ class Optimizer:
         """Refuse the step when a host-side scalar is not finite (e.g. a hyperparameter beyond
         float32's range), before anything changes."""
         for table in program.tables:
-            # a finite sum means finite entries (an inf or NaN entry makes the sum inf or NaN);
-            # only a sum that overflows needs the entries looked at one by one
-            if not math.isfinite(np.add.reduce(table, axis=None)) and not np.isfinite(table).all():
+            # a finite sum means finite entries (an inf or NaN entry makes the sum inf or NaN); only
+            # a sum that overflows needs the entries looked at one by one.  A small table is summed
+            # as Python floats (doubles, which float32 entries cannot overflow): a third of a ufunc's cost.
+            total = sum(table.ravel().tolist()) if table.size <= 64 else np.add.reduce(table, axis=None)
+            if not math.isfinite(total) and not np.isfinite(table).all():
                 raise FloatingPointError(f"{type(self).__name__}: this step's scalars are not finite "
                                          "(a hyperparameter beyond the float32 range?); step refused")
 

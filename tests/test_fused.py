@@ -317,6 +317,42 @@ def test_many_tensors_of_mixed_dtypes_and_layouts_in_one_run(monkeypatch):
         assert_same_bits(a, b, "mixed parameters")
 
 
+@pytest.mark.parametrize("name", ["AdamW", "HypergradientAdamW"])
+def test_gradient_buffers_refilled_in_place_every_step(name, monkeypatch):
+    """A loop that writes each step's gradients into the same arrays (the backend then keeps their
+    addresses from one step to the next): every step reads the new values, a NaN written into a
+    buffer is still refused, and a parameter group added later starts from fresh addresses."""
+    import hyperopt
+
+    def run(kernels):
+        monkeypatch.setenv("HYPEROPT_CPU_KERNELS", kernels)
+        rng = np.random.default_rng(5)
+        params = [np.ones(2 * CHUNK + 3, np.float32), np.ones((3, 5), np.float32)]
+        opt = getattr(hyperopt, name)(params, lr=1e-2, use_gpu=False)
+        assert opt.backend == kernels
+        buffers = [np.empty_like(p) for p in params]
+        for step in range(6):
+            for b in buffers:
+                b[...] = rng.standard_normal(b.shape)
+            if step == 3:
+                before = [p.copy() for p in params]
+                buffers[0][CHUNK + 7] = np.nan
+                with pytest.raises(ValueError, match="parameter 0 .*NaN or infinity"):
+                    opt.step(gradients=buffers)
+                assert all((p == q).all() for p, q in zip(params, before))
+                buffers[0][CHUNK + 7] = 0.5
+            opt.step(gradients=buffers)
+        extra = np.ones(9, np.float32)
+        opt.add_param_group({"params": [extra]})
+        for _ in range(2):
+            opt.step(gradients={id(params[0]): buffers[0], id(params[1]): buffers[1]})
+            opt.step(gradients=buffers + [np.full(9, 0.25, np.float32)])
+        return params + [extra]
+
+    for a, b in zip(run("numba"), run("numpy")):
+        assert_same_bits(a, b, f"{name} with refilled gradient buffers")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_gradient_check_finds_a_bad_element_anywhere(dtype, monkeypatch):
     """The compiled check (one parallel pass) refuses NaN, infinities and elements whose square

@@ -13,7 +13,8 @@ program run as one call, the second on each item right after the first, while th
 are in cache (``_drive_pair``).  A program is turned into these passes once (``_schedule``).
 
 Gradients are checked (finite, squares finite) by a compiled pass too, before anything moves
-(``check_gradients``), sharing the pointer table the run then uses.
+(``check_gradients``), sharing the pointer table the run then uses; a loop that refills the same
+gradient arrays every step keeps that table from one step to the next.
 
 Compilation is lazy (numba is imported when the first optimizer picks this backend, kernels are
 compiled at their first run) and cached on disk in ``NUMBA_CACHE_DIR``, which defaults here to
@@ -34,6 +35,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import logging
+import operator
 import os
 import sys
 import tempfile
@@ -396,8 +398,13 @@ class _Gradients:
 
     def matches(self, grads) -> bool:
         """Whether ``grads`` is the dict these addresses were taken from, holding the same arrays."""
-        return grads is self.source and len(grads) == len(self.arrays) and \
-            all(grads.get(i) is a for i, a in self.arrays.items())
+        return grads is self.source and self.holds(grads)
+
+    def holds(self, grads) -> bool:
+        """Whether ``grads`` holds the very arrays these addresses point into (a loop that fills
+        the same gradient buffers every step), so that the addresses still hold for it."""
+        arrays = self.arrays
+        return not self.keep and grads.keys() == arrays.keys() and all(map(operator.is_, grads.values(), arrays.values()))
 
     def first_bad(self, limit) -> int | None:
         """The first parameter whose gradient has an element beyond ``limit(dtype)`` (or NaN), or None."""
@@ -413,6 +420,13 @@ class _Gradients:
 @functools.lru_cache(maxsize=16)
 def _in_order(n: int) -> tuple:
     return tuple(range(n))
+
+
+@functools.lru_cache(maxsize=64)
+def _nothing(rows: int) -> np.ndarray:
+    """The sums (and partials) of a kernel that produces none: ``rows`` rows of no columns, which
+    nothing can write to, so one array serves every run."""
+    return np.zeros((rows, 0), np.float64)
 
 
 class _Pass:
@@ -480,7 +494,7 @@ class NumbaBackend(NumpyBackend):
             for j, b in enumerate(bufs):
                 if not b.flags.c_contiguous:
                     bufs[j] = np.ascontiguousarray(b)
-        self._addresses, self._plans = {}, {}
+        self._addresses, self._plans, self._gradients = {}, {}, None
         self._sizes = np.array([a.size for a in self._params], np.int64)
         self._dtypes = [a.dtype for a in self._params]
 
@@ -492,8 +506,12 @@ class NumbaBackend(NumpyBackend):
     def check_gradients(self, grads, limit) -> int | None:
         """The first parameter whose gradient is not finite or has an element whose square is not
         (``limit(dtype)``: the largest allowed magnitude, of that dtype), or None; one compiled pass."""
-        self._gradients = _Gradients(grads, self._sizes, self._dtypes, self._plans)
-        return self._gradients.first_bad(limit)
+        gradients = self._gradients
+        if gradients is not None and gradients.holds(grads):
+            gradients.source = grads
+        else:
+            gradients = self._gradients = _Gradients(grads, self._sizes, self._dtypes, self._plans)
+        return gradients.first_bad(limit)
 
     def run(self, program, grads=None, download=True, upload_params=False):
         if grads is not None:
@@ -515,10 +533,11 @@ class NumbaBackend(NumpyBackend):
                     results.append(last)
         return results
 
-    def _address_table(self, names):
-        """Per parameter, the addresses of the buffers ``names`` (the gradient's column, if any, is
-        filled at run time), that column's index or None, and the (parameter, buffer) entries that
-        are not C-contiguous (they run on copies); all only change with ``bind``/``set_param``."""
+    def _address_table(self, names, gradients):
+        """Per parameter, the addresses of the buffers ``names``, the gradients' among them (filled
+        in place when the gradients change: the backend runs one pass at a time), and the
+        (parameter, buffer) entries that are not C-contiguous (they run on copies).  All but the
+        gradients' column only change with ``bind``/``set_param``."""
         entry = self._addresses.get(names)
         if entry is None:
             table, gaps = np.zeros((len(self._params), len(names)), np.int64), []
@@ -530,8 +549,12 @@ class NumbaBackend(NumpyBackend):
                             table[i, j] = _address_of()(a)
                         else:                  # e.g. a transposed parameter
                             gaps.append((i, j))
-            entry = self._addresses[names] = (table, names.index("grad") if "grad" in names else None, gaps)
-        return entry
+            entry = self._addresses[names] = [table, names.index("grad") if "grad" in names else None, gaps, None]
+        table, grad_column, gaps, filled_by = entry
+        if grad_column is not None and filled_by is not gradients:
+            table[:, grad_column] = gradients.address
+            entry[3] = gradients
+        return table, gaps
 
     def _run_pass(self, fused: _Pass):
         """One compiled pass of one or two fused kernels: each kernel's per-segment sums."""
@@ -539,11 +562,9 @@ class NumbaBackend(NumpyBackend):
         copies: dict = {}       # (parameter, buffer name) -> (buffer, its C-order copy), shared by the pair
         addresses, sums = [], []
         for kernel, names, _ in fused.steps:
-            address, grad_column, gaps = self._address_table(names)
-            if grad_column is not None or gaps:
+            address, gaps = self._address_table(names, gradients)
+            if gaps:
                 address = address.copy()
-            if grad_column is not None:
-                address[:, grad_column] = gradients.address
             for i, j in gaps:
                 if i in gradients.source:
                     if (i, names[j]) not in copies:
@@ -551,14 +572,15 @@ class NumbaBackend(NumpyBackend):
                         copies[i, names[j]] = (a, np.ascontiguousarray(a))
                     address[i, j] = _address_of()(copies[i, names[j]][1])
             addresses.append(address)
-            sums.append(np.zeros((len(self._params), len(kernel.sums)), np.float64))
+            sums.append(np.zeros((len(self._params), len(kernel.sums)), np.float64) if kernel.sums
+                        else _nothing(len(self._params)))
         for (dtype, grad_dtype), items, total, pieces in gradients.plan:
             if fused.item != CHUNK:
                 items = pieces
             args = [items]
             for (kernel, _, table), address, kernel_sums in zip(fused.steps, addresses, sums):
                 rows = table if table.dtype == dtype else table.astype(dtype)  # float32 rows of a float64 table
-                partials = np.empty((len(items), len(kernel.sums)), np.float64)
+                partials = np.empty((len(items), len(kernel.sums)), np.float64) if kernel.sums else _nothing(len(items))
                 # _drive's arguments, then _drive_pair's for the second kernel
                 args += (address, gradients.sizes, rows, self._ctl, partials, kernel_sums) if len(args) == 1 \
                     else (address, rows, partials, kernel_sums)
