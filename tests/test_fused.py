@@ -320,8 +320,9 @@ def test_many_tensors_of_mixed_dtypes_and_layouts_in_one_run(monkeypatch):
 @pytest.mark.parametrize("name", ["AdamW", "HypergradientAdamW"])
 def test_gradient_buffers_refilled_in_place_every_step(name, monkeypatch):
     """A loop that writes each step's gradients into the same arrays (the backend then keeps their
-    addresses from one step to the next): every step reads the new values, a NaN written into a
-    buffer is still refused, and a parameter group added later starts from fresh addresses."""
+    addresses from one step to the next): every step reads the new values, those of a gradient
+    that runs on a C-order copy too, a NaN written into a buffer is still refused, and a parameter
+    group added later starts from fresh addresses."""
     import hyperopt
 
     def run(kernels):
@@ -330,7 +331,7 @@ def test_gradient_buffers_refilled_in_place_every_step(name, monkeypatch):
         params = [np.ones(2 * CHUNK + 3, np.float32), np.ones((3, 5), np.float32)]
         opt = getattr(hyperopt, name)(params, lr=1e-2, use_gpu=False)
         assert opt.backend == kernels
-        buffers = [np.empty_like(p) for p in params]
+        buffers = [np.empty_like(params[0]), np.empty((3, 5), np.float32, order="F")]   # F-ordered: runs on a copy
         for step in range(6):
             for b in buffers:
                 b[...] = rng.standard_normal(b.shape)
