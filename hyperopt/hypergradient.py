@@ -53,6 +53,7 @@ class _HypergradientBase(AdamW):
     """
 
     _tracks_surprise = False
+    _defers_gradient_check = True      # nothing moves before the reduction's run (see _step)
     _state_kinds = {"step": "count", "direction_sq": "nonneg", "has_ema": "flag"}
     _buffer_kinds = dict(AdamW._buffer_kinds, direction="elements", grad_ema="elements")
 
@@ -165,6 +166,10 @@ class _HypergradientBase(AdamW):
         if not all(math.isfinite(v) for v in values):
             raise FloatingPointError(f"{type(self).__name__}: the adapted hyperparameters are not finite this "
                                      "step; step refused (parameters, state and lr unchanged)")
+
+    def _read_only_program(self):
+        """The reduction only reads while the surprise signal is off (it updates the EMA otherwise)."""
+        return None if self._surprise_due() else self._reduce
 
     def _fill_reduce_table(self, members, wants, surprise):
         table = self._reduce.tables[0]

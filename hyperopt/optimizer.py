@@ -90,6 +90,9 @@ class Optimizer:
     #: False where ``_step`` only hands the gradients to the backend: with ``comm`` each rank then
     #: gets just its shard of the averaged gradient (one exchange fewer per step)
     _host_reads_gradients: bool = True
+    #: the step changes nothing (or undoes what it changed) until its first backend run, so the
+    #: fused backend may check the gradients there, inside a first pass that only reads
+    _defers_gradient_check: bool = False
     #: group keys that are bookkeeping, not hyperparameters (left out of ``repr``)
     _internal_group_keys: tuple[str, ...] = ()
     #: with ``comm``: an error of this step's checks, raised on every rank by the agreement
@@ -425,11 +428,20 @@ class Optimizer:
         compiled_check = getattr(self._backend, "check_gradients", None)   # the fused backend's one pass
         if compiled_check is None:
             _check_magnitudes(grads, arrays)
+        elif self._defers_gradient_check and self.comm is None:
+            # the backend checks them in the step's first run, before anything moves
+            compiled_check(grads, _square_limit_of_dtype, lambda bad: _refuse_gradient(bad, grads[bad], arrays),
+                           self._read_only_program())
         else:
             bad = compiled_check(grads, _square_limit_of_dtype)
             if bad is not None:
                 _refuse_gradient(bad, grads[bad], arrays)
         return grads
+
+    def _read_only_program(self):
+        """The program this step runs first, if its first kernel only reads (the gradient check can
+        then ride on that pass), else None; asked only where ``_defers_gradient_check``."""
+        return None
 
     # ------------------------------------------------------------------ state
     @property

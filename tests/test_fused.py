@@ -382,6 +382,42 @@ def test_gradient_check_finds_a_bad_element_anywhere(dtype, monkeypatch):
     assert len(opt.state) == 3
 
 
+@pytest.mark.parametrize("name, folded", [("HypergradientAdamW", True), ("AutoHypergradientAdamW", False)])
+def test_gradient_check_rides_on_a_first_pass_that_only_reads(name, folded, monkeypatch):
+    """HypergradientAdamW's reduction only reads, so its pass checks the gradients too (no pass of
+    their own); with the surprise signal the reduction writes its EMA, so the check runs first.
+    Either way a bad element anywhere is refused with the usual message and nothing moves."""
+    import hyperopt
+    from hyperopt.backends import numba_backend
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "numba")
+    shapes = [(2 * CHUNK + 5,), (4, 3)]
+    params = [np.ones(s, np.float32) for s in shapes]
+    kwargs = dict(track_surprise=True, warmup_steps=0) if name.startswith("Auto") else {}
+    opt = getattr(hyperopt, name)(params, lr=1e-2, use_gpu=False, **kwargs)
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        opt.step(gradients=[rng.standard_normal(s).astype(np.float32) for s in shapes])
+    before = opt.state_dict()
+    saved = [p.copy() for p in params]
+    checks = []
+    real = numba_backend._Gradients.first_bad
+    monkeypatch.setattr(numba_backend._Gradients, "first_bad", lambda self, limit: checks.append(1) or real(self, limit))
+    for k, where in [(0, 0), (0, CHUNK + 1), (0, 2 * CHUNK + 4), (1, (3, 2))]:
+        for value, message in [(np.nan, "NaN or infinity"), (np.float32(3e19), "square overflows")]:
+            grads = [np.zeros(s, np.float32) for s in shapes]
+            grads[k][where] = value
+            with pytest.raises(ValueError, match=f"parameter {k} .*{message}"):
+                opt.step(gradients=grads)
+    assert all((p == q).all() for p, q in zip(params, saved))
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for i, st in before["state"].items():
+        for key, value in st.items():
+            np.testing.assert_array_equal(after["state"][i][key], value, err_msg=f"state {key} of {i}")
+    assert len(checks) == (0 if folded else 8)
+    opt.step(gradients=[rng.standard_normal(s).astype(np.float32) for s in shapes])   # and it steps on
+
+
 def test_float16_parameters_run_on_the_numpy_twins_with_a_warning(monkeypatch):
     """numba compiles float32 and float64 only: float16 parameters take the NumPy twins, said once."""
     from hyperopt import AdamW

@@ -14,7 +14,9 @@ are in cache (``_drive_pair``).  A program is turned into these passes once (``_
 
 Gradients are checked (finite, squares finite) by a compiled pass too, before anything moves
 (``check_gradients``), sharing the pointer table the run then uses; a loop that refills the same
-gradient arrays every step keeps that table from one step to the next.
+gradient arrays every step keeps that table from one step to the next.  Where a step's first pass
+only reads (HypergradientAdamW's reduction), the check rides on that pass instead, each work item's
+gradient elements checked from cache right after the kernel has read them (``_drive_checked``).
 
 Compilation is lazy (numba is imported when the first optimizer picks this backend, kernels are
 compiled at their first run) and cached on disk in ``NUMBA_CACHE_DIR``, which defaults here to
@@ -188,10 +190,38 @@ def _drive_check(items, addresses, sizes, limit):
     bad = np.zeros(items.shape[0], np.bool_)
     for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
         g = _views(addresses[items[w, 0]], sizes[items[w, 0]])[0]  # noqa: F821 - bound by _driver
-        ok = True
-        for j in range(np.uint64(items[w, 1]), np.uint64(items[w, 2])):
-            ok &= abs(g[j]) <= limit
-        bad[w] = not ok
+        bad[w] = not _within(g, np.uint64(items[w, 1]), np.uint64(items[w, 2]), limit)  # noqa: F821
+    return _first_bad(items, bad)  # noqa: F821
+
+
+# One kernel whose pass only reads (its sums are all it gives) with the gradient check folded in:
+# each item's gradient elements are checked right after the body has read them, from cache, instead
+# of in a pass over memory of their own.  Returns what ``_drive_check`` returns; the sums are only
+# added when every element passed.
+def _drive_checked(items, addresses, sizes, table, ctl, partials, sums, grad_column, limit):
+    bad = np.zeros(items.shape[0], np.bool_)
+    for w in prange(items.shape[0]):  # noqa: F821 - bound by _driver
+        i = items[w, 0]
+        lo, hi = np.uint64(items[w, 1]), np.uint64(items[w, 2])
+        _item(lo, hi, addresses[i], sizes[i], table[i], ctl, partials[w])  # noqa: F821
+        g = _grad_view(addresses[i, grad_column:], sizes[i])[0]  # noqa: F821 - bound by _driver
+        bad[w] = not _within(g, lo, hi, limit)  # noqa: F821
+    first = _first_bad(items, bad)  # noqa: F821
+    if first < 0:
+        _add_partials(items, partials, sums)  # noqa: F821
+    return first
+
+
+def _within(g, lo, hi, limit):
+    """Whether no element of ``g[lo:hi]`` exceeds ``limit`` in magnitude (a NaN compares False)."""
+    ok = True
+    for j in range(lo, hi):
+        ok &= abs(g[j]) <= limit
+    return ok
+
+
+def _first_bad(items, bad):
+    """The segment of the first item (in item order) marked bad, else -1."""
     for w in range(items.shape[0]):
         if bad[w]:
             return items[w, 0]
@@ -268,11 +298,14 @@ def _renamed(fn, env, name):
     return copy
 
 
-def _driver(kernels, parallel: bool, dtypes):
+def _driver(kernels, parallel: bool, dtypes, check_column=None):
     """The compiled driver of ``kernels`` (one kernel, or two run item by item; ``None``: the
     gradient check) for buffers of ``dtypes`` (per kernel, one per buffer), parallel over items or
-    serial, built once per process."""
+    serial, built once per process.  ``check_column``: the one kernel's gradient buffer, checked
+    in the same pass (``_drive_checked``)."""
     name = "+".join(k.name for k in kernels) if kernels is not None else "check"
+    if check_column is not None:
+        name += f"_checking_{check_column}"
     fn = _compiled.get((name, parallel, dtypes))      # callers pass tuples of np.dtype: no conversion
     if fn is not None:
         return fn
@@ -281,12 +314,16 @@ def _driver(kernels, parallel: bool, dtypes):
         if key not in _compiled:
             numba = load_numba()
             env = dict(_drive.__globals__, _lanes_total=numba.njit(lanes_total, **_FLAGS),
-                       prange=numba.prange if parallel else range)
+                       prange=numba.prange if parallel else range,
+                       _within=numba.njit(_within, **_FLAGS), _first_bad=numba.njit(_first_bad, **_FLAGS))
             if kernels is None:
                 template = _drive_check
                 env["_views"] = _views_factory(numba, dtypes[0])
             else:
                 template = (_drive, _drive_pair)[len(kernels) - 1]
+                if check_column is not None:
+                    template = _drive_checked
+                    env["_grad_view"] = _views_factory(numba, (dtypes[0][check_column],))
                 env["_add_partials"] = numba.njit(_add_partials, **_FLAGS)
                 for k, (kernel, types_k) in enumerate(zip(kernels, dtypes)):
                     item_env = dict(env, _body=_compiled_body(kernel, numba), _views=_views_factory(numba, types_k))
@@ -439,14 +476,19 @@ class _Pass:
         self.item = CHUNK if any(kernel.sums for kernel in self.kernels) else PIECE    # elements per work item
         self._drivers: dict = {}
 
-    def driver(self, dtype, grad_dtype, parallel: bool):
-        """The compiled driver for parameters of ``dtype`` whose gradients have ``grad_dtype``."""
-        key = (dtype, grad_dtype, parallel)
+    def driver(self, dtype, grad_dtype, parallel: bool, check_column=None):
+        """The compiled driver for parameters of ``dtype`` whose gradients have ``grad_dtype``
+        (checking the gradient buffer ``check_column`` in the same pass, if given)."""
+        key = (dtype, grad_dtype, parallel, check_column)
         drive = self._drivers.get(key)
         if drive is None:
             dtypes = tuple(tuple(grad_dtype if n == "grad" else dtype for n in names) for _, names, _ in self.steps)
-            drive = self._drivers[key] = _driver(self.kernels, parallel, dtypes)
+            drive = self._drivers[key] = _driver(self.kernels, parallel, dtypes, check_column)
         return drive
+
+    def can_check(self) -> bool:
+        """Whether the gradient check can ride along (one kernel, reading the gradients)."""
+        return len(self.steps) == 1 and "grad" in self.steps[0][1]
 
 
 def _schedule(program) -> list:
@@ -481,6 +523,7 @@ class NumbaBackend(NumpyBackend):
         self._sizes = np.zeros(0, np.int64)
         self._dtypes: list = []
         self._gradients: _Gradients | None = None
+        self._pending_check = None              # (limit, refuse, reading): see check_gradients
 
     @staticmethod
     def unsupported(arrays) -> str | None:
@@ -503,25 +546,43 @@ class NumbaBackend(NumpyBackend):
         super().set_param(i, array)
         self._addresses = {}
 
-    def check_gradients(self, grads, limit) -> int | None:
+    def check_gradients(self, grads, limit, refuse=None, reading=None) -> int | None:
         """The first parameter whose gradient is not finite or has an element whose square is not
-        (``limit(dtype)``: the largest allowed magnitude, of that dtype), or None; one compiled pass."""
+        (``limit(dtype)``: the largest allowed magnitude, of that dtype), or None; one compiled pass.
+
+        With ``refuse`` (a callable that raises for a bad parameter's index) the check waits for
+        the next ``run``, which makes it before anything moves: inside its first pass when that
+        run is of ``reading``, a program whose first kernel only reads, else as a pass of its own
+        first.  It returns None then."""
         gradients = self._gradients
         if gradients is not None and gradients.holds(grads):
             gradients.source = grads
         else:
             gradients = self._gradients = _Gradients(grads, self._sizes, self._dtypes, self._plans)
-        return gradients.first_bad(limit)
+        self._pending_check = None if refuse is None else (limit, refuse, reading)
+        return None if refuse is not None else gradients.first_bad(limit)
 
     def run(self, program, grads=None, download=True, upload_params=False):
         if grads is not None:
             self._grads = grads
             if self._gradients is None or not self._gradients.matches(grads):
                 self._gradients = _Gradients(grads, self._sizes, self._dtypes, self._plans)
+        schedule = _schedule(program)
+        check, self._pending_check = self._pending_check, None
+        if check is not None:
+            limit, refuse, reading = check
+            if program is reading and type(schedule[0]) is _Pass and schedule[0].can_check():
+                check = (limit, refuse)             # rides on the first pass
+            else:
+                check = None
+                bad = self._gradients.first_bad(limit)
+                if bad is not None:
+                    refuse(bad)
         results, last = [], None
-        for entry in _schedule(program):
+        for entry in schedule:
             if type(entry) is _Pass:
-                for (kernel, _, _), last in zip(entry.steps, self._run_pass(entry)):
+                sums, check = self._run_pass(entry, check), None
+                for (kernel, _, _), last in zip(entry.steps, sums):
                     if kernel.sums:
                         results.append(last)
             elif entry[0].kind == CONTROL:
@@ -556,8 +617,10 @@ class NumbaBackend(NumpyBackend):
             entry[3] = gradients
         return table, gaps
 
-    def _run_pass(self, fused: _Pass):
-        """One compiled pass of one or two fused kernels: each kernel's per-segment sums."""
+    def _run_pass(self, fused: _Pass, check=None):
+        """One compiled pass of one or two fused kernels: each kernel's per-segment sums.  With
+        ``check`` (``(limit, refuse)``, a pass of one kernel that only reads), the gradients are
+        checked in the same pass and ``refuse`` is called for the first bad parameter."""
         gradients = self._gradients
         copies: dict = {}       # (parameter, buffer name) -> (buffer, its C-order copy), shared by the pair
         addresses, sums = [], []
@@ -584,7 +647,15 @@ class NumbaBackend(NumpyBackend):
                 # _drive's arguments, then _drive_pair's for the second kernel
                 args += (address, gradients.sizes, rows, self._ctl, partials, kernel_sums) if len(args) == 1 \
                     else (address, rows, partials, kernel_sums)
-            _call(lambda parallel: fused.driver(dtype, grad_dtype, parallel), total, args, fused.item)
+            if check is None:
+                _call(lambda parallel: fused.driver(dtype, grad_dtype, parallel), total, args, fused.item)
+                continue
+            limit, refuse = check
+            column = fused.steps[0][1].index("grad")
+            bad = _call(lambda parallel: fused.driver(dtype, grad_dtype, parallel, column), total,
+                        args + [column, limit(grad_dtype)], fused.item)
+            if bad >= 0:
+                refuse(bad)
         for a, c in copies.values():
             a[...] = c.reshape(a.shape)
         launch_counts["numba"] += 1
