@@ -649,13 +649,13 @@ class NumbaBackend(NumpyBackend):
                     else (address, rows, partials, kernel_sums)
             if check is None:
                 _call(lambda parallel: fused.driver(dtype, grad_dtype, parallel), total, args, fused.item)
-                continue
-            limit, refuse = check
-            column = fused.steps[0][1].index("grad")
-            bad = _call(lambda parallel: fused.driver(dtype, grad_dtype, parallel, column), total,
-                        args + [column, limit(grad_dtype)], fused.item)
-            if bad >= 0:
-                refuse(bad)
+            else:                 # one kernel that only reads: the gradient check rides along
+                limit, refuse = check
+                column = fused.steps[0][1].index("grad")
+                bad = _call(lambda parallel: fused.driver(dtype, grad_dtype, parallel, column), total,
+                            args + [column, limit(grad_dtype)], fused.item)
+                if bad >= 0:
+                    refuse(bad)
         for a, c in copies.values():
             a[...] = c.reshape(a.shape)
         launch_counts["numba"] += 1
