@@ -156,6 +156,58 @@ def _trajectory(kernels, make, shapes, dtype, steps, monkeypatch):
     return params, [opt.state_of(i) for i in range(len(params))]
 
 
+CONTROL_KERNELS = sorted(k for k, v in KERNELS.items() if v.kind != ELEMENTWISE and v.fused is not None)
+
+
+def _control_case(name, rng, table_dtype):
+    """Random (ctl, sums, table) for a control kernel, edge values included."""
+    if name == "autosgm_control":
+        n = 40
+        table = np.stack([rng.integers(0, 3, n), rng.uniform(0.5, 20, n), rng.integers(1, 10 ** 6, n),
+                          rng.standard_normal(n), rng.choice([-1.0, 1.0], n)], axis=1)
+        return rng.standard_normal(2 * n).astype(np.float32), rng.standard_normal((n, 1)) * 10.0 ** rng.integers(-6, 6, (n, 1)), \
+            table.astype(table_dtype)
+    groups, per = 30, 3
+    ctl = rng.uniform(0, 2, (groups, 8)).astype(np.float32)
+    ctl[:, 1] = rng.uniform(-0.5, 1.5, groups)               # temperatures outside [0, 1] too
+    ctl[:, 5] = rng.integers(0, 2, groups)                   # Liquid and Frozen groups
+    begin = np.arange(groups) * per
+    table = np.stack([begin, begin + per, rng.integers(0, 2, groups), rng.uniform(0, 0.1, groups),
+                      rng.choice([0.0, 0.5, 5.0], groups), rng.uniform(0.9, 1, groups), rng.uniform(0.5, 1, groups),
+                      rng.uniform(0, 0.5, groups), rng.uniform(0, 1, groups), rng.uniform(0.5, 2, groups),
+                      rng.integers(0, 2, groups), rng.uniform(0.5, 1, groups), rng.uniform(1, 1.5, groups)], axis=1)
+    return ctl.reshape(-1), rng.uniform(0, 4, (groups * per, 1)), table.astype(table_dtype)
+
+
+@pytest.mark.parametrize("table_dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", CONTROL_KERNELS)
+def test_control_bodies_match_their_twins(name, table_dtype):
+    """A control kernel's compiled body updates the control array to the twin's bits."""
+    from hyperopt.backends.numba_backend import _control
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    kernel = KERNELS[name]
+    for _ in range(20):
+        ctl, sums, table = _control_case(name, rng, table_dtype)
+        ref, got = ctl.copy(), ctl.copy()
+        kernel.numpy(ref, sums, table)
+        _control(kernel)(got, sums, table)
+        assert_same_bits(got, ref, name)
+
+
+def test_control_kernels_run_compiled(monkeypatch):
+    """On the fused backend a step's control kernels run their compiled bodies."""
+    import hyperopt
+    from hyperopt.backends import numba_backend
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "numba")
+    ran = []
+    real = numba_backend._control
+    monkeypatch.setattr(numba_backend, "_control", lambda kernel: ran.append(kernel.name) or real(kernel))
+    p = [np.ones(100, np.float32)]
+    hyperopt.HIOptimizer(p, lr=0.01, use_gpu=False).step(gradients=[np.full(100, 0.5, np.float32)])
+    hyperopt.AutoSGM(p, lr_cfg=(True, 1e-3, 2), use_gpu=False).step(gradients=[np.full(100, 0.5, np.float32)])
+    assert sorted(set(ran)) == CONTROL_KERNELS
+
+
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -11,6 +11,7 @@ row per parameter), so one call serves any number of tensors; runs too small to 
 serial build of the same code (no thread launch).  Two fused kernels that follow each other in a
 program run as one call, the second on each item right after the first, while the item's buffers
 are in cache (``_drive_pair``).  A program is turned into these passes once (``_schedule``).
+Control kernels with a fused body run it compiled (``_control``).
 
 Gradients are checked (finite, squares finite) by a compiled pass too, before anything moves
 (``check_gradients``), sharing the pointer table the run then uses; a loop that refills the same
@@ -337,6 +338,22 @@ def _driver(kernels, parallel: bool, dtypes, check_column=None):
     return _compiled[key]
 
 
+def _control(kernel):
+    """The compiled fused body of a control kernel (``fn(ctl, sums, table)``, as its twin), built
+    once per process and cached on disk under a name unique to the kernel modules' source."""
+    fn = _compiled.get(kernel.name)
+    if fn is None:
+        with _compile_lock:
+            if kernel.name not in _compiled:
+                numba = load_numba()
+                body = kernel.fused
+                env = _jit_helpers(body, numba, {})
+                _compiled[kernel.name] = numba.njit(_renamed(body, env, f"control_{kernel.name}_{_kernels_hash()}"),
+                                                    cache=_cache, **_FLAGS)
+            fn = _compiled[kernel.name]
+    return fn
+
+
 def _data_address(a):
     if a.flags.c_contiguous:
         return np.int64(a.ctypes.data)
@@ -587,7 +604,10 @@ class NumbaBackend(NumpyBackend):
                         results.append(last)
             elif entry[0].kind == CONTROL:
                 kernel, _, table = entry
-                kernel.numpy(self._ctl, last, table)
+                if kernel.fused is not None and last is not None:
+                    _control(kernel)(self._ctl, last, table)
+                else:
+                    kernel.numpy(self._ctl, last, table)
             else:
                 last = self._run_elementwise(*entry)
                 if entry[0].sums:

@@ -277,8 +277,22 @@ def autosgm_stats(param, grad, g_sm, g_var, g_mag, wsq, pcor, pcx, upd, *, num_l
     return (block_sum(e),)
 
 
+def autosgm_control_fused(ctl, sums, table):
+    """Fused body of ``autosgm_control``: the twin's float32 operations, one tensor at a time (the
+    twin's masked array operations cost a microsecond each, whatever the number of tensors)."""
+    for i in range(min(table.shape[0], ctl.shape[0] // CTL_STRIDE)):
+        base = i * CTL_STRIDE
+        if table[i, 0] == 1:
+            ctl[base + CTL_ALPHA] = table[i, 3]
+        elif table[i, 0] == 2:
+            mean = np.float32(sums[i, 0]) / table[i, 2]
+            y = ctl[base + CTL_LR_NUM] + np.float32(1 - LR_NUM_POLE) * mean
+            ctl[base + CTL_LR_NUM] = np.float32(LR_NUM_POLE) * y
+            ctl[base + CTL_ALPHA] = table[i, 4] * (y * table[i, 1])
+
+
 @kernel("autosgm_control", kind=CONTROL,
-        scalars=("mode", "window", "numel", "alpha_const", "direction"))
+        scalars=("mode", "window", "numel", "alpha_const", "direction"), fused=autosgm_control_fused)
 def autosgm_control(ctl, sums, table):
     """Per tensor ``i`` (row ``i`` of the table): mode 0 skips it (no gradient this step); mode 1 sets
     ``alpha = alpha_const``; mode 2 smooths the numerator's mean and sets the signed step size:

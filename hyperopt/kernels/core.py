@@ -39,6 +39,11 @@ loop vectorises (helpers called once per tile may take arrays: their reference c
 per tile, not per element).  Check a body's compiled loops for packed instructions
 (``inspect_asm`` of its driver) and for the absence of ``vfmadd`` (no contraction).
 
+A control kernel may have a fused body too: ``body(ctl, sums, table)``, the twin's signature,
+written as plain loops over its rows with the twin's float32 operations (a twin's masked array
+operations cost a microsecond each however few the rows); the numba backend compiles it and
+runs it in place of the twin.
+
 Per-segment sums
 ----------------
 A segment's sum is the float64 sum, in block order from 0.0, of per-block partials; blocks are

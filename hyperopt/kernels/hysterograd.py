@@ -96,9 +96,45 @@ def natural_gradient(grad, metric, *, beta, metric_gain, eps, metric_power):
     return (dot_sum(c, c),)
 
 
+def hysteresis_control_fused(ctl, sums, table):
+    """Fused body of ``hysteresis_control``: the twin's float32 operations, group by group, with
+    Python's ``min``/``max`` written out (``min(a, b)`` is ``b`` only when ``b < a``)."""
+    one, zero = np.float32(1), np.float32(0)
+    for g in range(min(table.shape[0], ctl.shape[0] // CTL_STRIDE)):
+        if np.float32(table[g, 2]) == 0:            # no gradient in this group this step
+            continue
+        lr, clip, cooling, beta, one_minus_beta, kappa, scale, adaptive, freeze_below, thaw_above = (
+            np.float32(table[g, 3]), np.float32(table[g, 4]), np.float32(table[g, 5]), np.float32(table[g, 6]),
+            np.float32(table[g, 7]), np.float32(table[g, 8]), np.float32(table[g, 9]), np.float32(table[g, 10]),
+            np.float32(table[g, 11]), np.float32(table[g, 12]))
+        sq = zero
+        for s in range(int(np.float32(table[g, 0])), int(np.float32(table[g, 1]))):
+            sq = sq + np.float32(sums[s, 0])
+        n = np.sqrt(sq)
+        k = one
+        if clip > 0:
+            ratio = clip / (n + _CLIP_EPS)
+            k = ratio if ratio < one else one
+        n_eff = n * k
+        r = g * CTL_STRIDE
+        tau = ctl[r + CTL_TAU] + lr * n_eff
+        temp = ctl[r + CTL_TEMP] * cooling
+        energy = beta * ctl[r + CTL_ENERGY] + one_minus_beta * n_eff
+        bounded = temp if temp > zero else zero
+        bounded = one if one < bounded else bounded
+        h = kappa * np.sqrt(tau) * (one - bounded) * scale
+        if adaptive != 0:
+            h = h * (energy + _ENERGY_EPS)
+        threshold = (freeze_below if ctl[r + CTL_LIQUID] != 0 else thaw_above) * h
+        ctl[r + CTL_TAU], ctl[r + CTL_TEMP], ctl[r + CTL_ENERGY] = tau, temp, energy
+        ctl[r + CTL_NORM], ctl[r + CTL_BARRIER], ctl[r + CTL_CLIP] = n_eff, h, k
+        ctl[r + CTL_LIQUID] = 1.0 if n_eff > threshold else 0.0
+
+
 @kernel("hysteresis_control", kind=CONTROL,
         scalars=("seg_begin", "seg_end", "has_grad", "lr", "clip", "cooling_rate", "beta", "one_minus_beta",
-                 "stiffening", "hysteresis_scale", "adaptive", "freeze_below", "thaw_above"))
+                 "stiffening", "hysteresis_scale", "adaptive", "freeze_below", "thaw_above"),
+        fused=hysteresis_control_fused)
 def hysteresis_control(ctl, sums, table):
     """Per-group scalar logic.  Row ``g`` of the table describes group ``g`` (there are never more
     groups than segments): its segment range, whether any of its parameters has a gradient this
