@@ -46,6 +46,8 @@ FUSED_DOT = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and reduce_dot 
 FUSED_HYST = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and natural_gradient and f32"]
 FUSED_HL = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and hamiltonian_euler and f32"]
 FUSED_HYPER = [CPU_ONLY, "tests/test_fused.py", "-k", "kernel_bits and hypergradient_direction and f32"]
+FUSED_CONTROL = [CPU_ONLY, "tests/test_fused.py", "-k", "control_bodies"]
+FUSED_FOLDED_CHECK = [CPU_ONLY, "tests/test_fused.py", "-k", "rides"]
 SELECT = ["tests/test_adamw.py", "tests/test_vulkan_backend.py", "tests/test_options.py", "-k", "AdamW or submit or adamw"]
 
 # (id, file, old text, new text, tests, what the bug is)
@@ -133,20 +135,16 @@ MUTANTS = [
      [CPU_ONLY, "tests/test_fused.py", "-k", "refilled"],
      "a refilled gradient that runs on a C-order copy keeps the first step's copy"),
     ("fused-folded-check-dropped", "hyperopt/backends/numba_backend.py",
-     "bad[w] = not _within(g, lo, hi, limit)", "bad[w] = False",
-     [CPU_ONLY, "tests/test_fused.py", "-k", "rides"],
+     "bad[w] = not _within(g, lo, hi, limit)", "bad[w] = False", FUSED_FOLDED_CHECK,
      "the gradient check folded into a reading pass checks nothing"),
     ("host-hyper-fold-into-writing-pass", "hyperopt/hypergradient.py",
-     "return None if self._surprise_due() else self._reduce", "return self._reduce",
-     [CPU_ONLY, "tests/test_fused.py", "-k", "rides"],
+     "return None if self._surprise_due() else self._reduce", "return self._reduce", FUSED_FOLDED_CHECK,
      "the gradient check rides on the reduction while it writes the surprise EMA"),
     ("fused-hyst-control-clip-eps", "hyperopt/kernels/hysterograd.py",
-     "ratio = clip / (n + _CLIP_EPS)", "ratio = clip / n",
-     [CPU_ONLY, "tests/test_fused.py", "-k", "control_bodies"],
+     "ratio = clip / (n + _CLIP_EPS)", "ratio = clip / n", FUSED_CONTROL,
      "compiled hysteresis control clips without the norm's epsilon"),
     ("fused-autosgm-control-pole", "hyperopt/kernels/autosgm.py",
-     "ctl[base + CTL_LR_NUM] = np.float32(LR_NUM_POLE) * y", "ctl[base + CTL_LR_NUM] = y",
-     [CPU_ONLY, "tests/test_fused.py", "-k", "control_bodies"],
+     "ctl[base + CTL_LR_NUM] = np.float32(LR_NUM_POLE) * y", "ctl[base + CTL_LR_NUM] = y", FUSED_CONTROL,
      "compiled AutoSGM control keeps the numerator's filter state unscaled"),
     # ---- host control logic
     ("host-hyst-group-clip", "hyperopt/hysterograd.py", 'group["lr"], group["grad_clip"] or 0.0,',
