@@ -81,7 +81,7 @@ class _HypergradientBase(AdamW):
         self._reduce = self._backend.program([(hypergradient_reduce, ("grad", "direction", "exp_avg", ema))])
         self._update = self._backend.program([
             (adamw_update, ("param", "grad", "exp_avg", "exp_avg_sq", second)),
-            (hypergradient_direction, ("exp_avg", "exp_avg_sq", second, "direction"))])
+            (hypergradient_direction, ("exp_avg", "exp_avg_sq", second, "direction", "grad", ema))])
         start, self._members = 0, []
         for g in self.param_groups:
             self._members.append(range(start, start + len(g["params"])))
@@ -137,7 +137,8 @@ class _HypergradientBase(AdamW):
             t = steps[i]
             beta1, beta2 = group["betas"]
             update[i] = self._update_scalars(group, t)
-            direction[i] = (1 - beta1 ** t, 1 - beta2 ** t, group["eps"], bool(group["amsgrad"]))
+            direction[i] = (1 - beta1 ** t, 1 - beta2 ** t, group["eps"], bool(group["amsgrad"])) \
+                + self._ema_scalars(i, surprise)
         norms = self._run(self._update, None if uploaded else grads, download=True, upload_params=True)[0]
 
         self._commit_steps(steps)
@@ -168,19 +169,24 @@ class _HypergradientBase(AdamW):
                                      "step; step refused (parameters, state and lr unchanged)")
 
     def _read_only_program(self):
-        """The reduction only reads while the surprise signal is off (it updates the EMA otherwise)."""
-        return None if self._surprise_due() else self._reduce
+        """The reduction: it only reads (the EMA moves on in the update, the step's last run)."""
+        return self._reduce
 
     def _fill_reduce_table(self, members, wants, surprise):
         table = self._reduce.tables[0]
         for gi, idx in members.items():
             momentum = bool(wants[gi])
             for i in idx:
-                st = self._param_state.get(i, {})
-                if surprise and st.get("has_ema"):
-                    table[i] = (momentum, True, self.surprise_gamma, 1.0 - self.surprise_gamma)
-                else:   # the EMA (when on) starts at this gradient
-                    table[i] = (momentum, surprise, 0.0, 1.0)
+                table[i] = (momentum, surprise)
+
+    def _ema_scalars(self, i, surprise):
+        """Parameter ``i``'s (with_surprise, ema_decay, ema_rate) for ``hypergradient_direction``:
+        the EMA left alone, started at this gradient, or moved on."""
+        if not surprise:
+            return (False, 0.0, 1.0)
+        if self._param_state.get(i, {}).get("has_ema"):
+            return (True, self.surprise_gamma, 1.0 - self.surprise_gamma)
+        return (True, 0.0, 1.0)
 
     def _prev_norm(self, gi):
         """|d|^2 of the group's previous directions (parameters without a gradient keep theirs)."""

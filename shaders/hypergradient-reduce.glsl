@@ -1,20 +1,19 @@
 #version 450
-// Hypergradient dot products and the surprise signal's error, with the gradient EMA update.
+// Hypergradient dot products and the surprise signal's error; reads only (the gradient EMA moves on
+// in hypergradient-direction.glsl, the step's last run).
 // NumPy twin: hyperopt/kernels/hypergradient.py.  vec4 form (see common.glsli); lanes past the
 // end of the row add nothing and keep their values.
 #include "common.glsli"
 
 struct Scalars {
     real with_momentum;   // also sum <g, m>
-    real with_surprise;   // also sum |g|^2 and |g - ema|^2, then update the EMA
-    real ema_decay;       // gamma, or 0 when the EMA starts at this gradient
-    real ema_rate;        // 1 - gamma, or 1 when the EMA starts at this gradient
+    real with_surprise;   // also sum |g|^2 and |g - ema|^2
 };
 layout(set = 0, binding = 1, std430) readonly buffer Table { Scalars seg[]; };
 layout(set = 0, binding = 4, std430) readonly buffer Grad { real4 grad[]; };
 layout(set = 0, binding = 5, std430) readonly buffer Direction { real4 direction[]; };
 layout(set = 0, binding = 6, std430) readonly buffer ExpAvg { real4 exp_avg[]; };
-layout(set = 0, binding = 7, std430) buffer GradEma { real4 grad_ema[]; };
+layout(set = 0, binding = 7, std430) readonly buffer GradEma { real4 grad_ema[]; };
 
 void main() {
     WORK_ROW
@@ -29,11 +28,9 @@ void main() {
         gd += dot(g, direction[q]);
         if (momentum) gm += dot(g, exp_avg[q]);
         if (surprise) {
-            real4 ema = grad_ema[q];
-            real4 r = mix(real4(0.0), g - ema, live);
+            real4 r = mix(real4(0.0), g - grad_ema[q], live);
             gg += dot(g, g);
             err += dot(r, r);
-            grad_ema[q] = mix(ema, s.ema_decay * ema + s.ema_rate * g, live);
         }
     }
     real4 total = workgroup_sum4(real4(gd, gm, gg, err));

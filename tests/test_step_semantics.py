@@ -300,6 +300,48 @@ def test_a_failing_run_moves_no_counter(name, backend, opt_kwargs):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["HypergradientAdamW", "AutoHypergradientAdamW", "HCNaturalGrad",
+                                  "HCNaturalGrad-hash"])
+def test_a_step_that_fails_after_its_first_run_changes_nothing(name, backend, opt_kwargs):
+    """Optimizers that run twice a step (the hypergradient reduction, then the update; HCNaturalGrad's
+    projection, then its expansion) write nothing in the first run, so a step that fails in its
+    second leaves parameters, state (the surprise signal's gradient EMA included) and counters as
+    they were; the next step then gives the bits of never having tried."""
+    opt, arrays = _stepped(name, opt_kwargs, 3)
+    before = _snapshot(opt, arrays)
+    real, runs = opt._backend.run, []
+
+    def second_fails(*args, **kwargs):
+        runs.append(1)
+        if len(runs) == 2:
+            raise RuntimeError("device lost")
+        return real(*args, **kwargs)
+    opt._backend.run = second_fails
+    with pytest.raises(RuntimeError, match="device lost"):
+        opt.step(gradients=_grad(3))
+    opt._backend.run = real
+    _same(_snapshot(opt, arrays), before)
+    opt.step(gradients=_grad(3))
+    _, ref_arrays = _stepped(name, opt_kwargs, 4)
+    for a, b in zip(arrays, ref_arrays):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_adapted_step_refused_for_its_scalars_keeps_the_gradient_ema(backend, opt_kwargs):
+    """AutoHypergradientAdamW with the surprise signal: a step refused when its update's scalars
+    are made (eps beyond float32), after the reduction has run, leaves the EMA as it was."""
+    arrays = _start()
+    opt = _make("AutoHypergradientAdamW", arrays, opt_kwargs)
+    for k in range(3):
+        opt.step(gradients=_grad(k))
+    before = _snapshot(opt, arrays)
+    opt.param_groups[0]["eps"] = 1e300
+    with pytest.raises(FloatingPointError, match="not finite"):
+        opt.step(gradients=_grad(3))
+    opt.param_groups[0]["eps"] = 1e-8
+    _same(_snapshot(opt, arrays), before)
+
+
 def test_hyperparameter_beyond_float32_is_refused(backend, opt_kwargs):
     arrays = _start()
     opt = AdamW(arrays, **opt_kwargs)

@@ -16,7 +16,7 @@ Control kernels with a fused body run it compiled (``_control``).
 Gradients are checked (finite, squares finite) by a compiled pass too, before anything moves
 (``check_gradients``), sharing the pointer table the run then uses; a loop that refills the same
 gradient arrays every step keeps that table from one step to the next.  Where a step's first pass
-only reads (HypergradientAdamW's reduction), the check rides on that pass instead, each work item's
+only reads (the hypergradient AdamWs' reduction), the check rides on that pass instead, each work item's
 gradient elements checked from cache right after the kernel has read them (``_drive_checked``).
 
 Compilation is lazy (numba is imported when the first optimizer picks this backend, kernels are
