@@ -13,7 +13,10 @@ a mix of 200 tensors (3.2M elements, shaped like a small CNN).  Side by side, pe
 * Vulkan        ``use_gpu=True`` on the device ``--device`` names, by default a hardware GPU if
                 there is one, else the CPU Vulkan driver (``vulkan:cpu``, labelled as a CPU driver);
 * kernel-only   the same Vulkan steps' dispatches alone, from GPU timestamps (no copies, no Python);
-* torch         ``torch.optim.AdamW`` on CPU tensors, ``foreach=True`` and ``fused=True`` (AdamW only).
+* torch         ``torch.optim.AdamW`` on CPU tensors, ``foreach=True`` and ``fused=True`` (AdamW only);
+* no check      fused AdamW's step with its all-or-nothing gradient check stubbed out (a pass
+                that reads every gradient element before anything moves, which torch does not
+                make): what the check costs inside the step, in the step's own cache state.
 
 Achieved bandwidth: the bytes a step must move (parameter and every state buffer read and written
 once, the gradient read once) over the step time, shown for the fused CPU kernels beside a
@@ -52,6 +55,7 @@ MIX = "mix200"
 MAX_ELEMENTS = 2_000_000_000
 PARTS = ("numpy", "numba", "vulkan", "torch", "triad", "first-step")
 ADAMW_TURNS = "AdamW, fused"      # the fused AdamW step timed in every other optimizer's turns
+NO_CHECK = "numba, no check"      # fused AdamW without its gradient check (AdamW rows)
 
 
 def cnn_mix(n=200, seed=0):
@@ -186,6 +190,13 @@ def optimizer_step(factory, shapes, use_gpu, device, cpu_kernels="numpy"):
     return (lambda: opt.step(gradients=grads)), opt
 
 
+def without_gradient_check(opt):
+    """``opt`` (fused CPU) with its backend's gradient check stubbed out: every gradient passes
+    unlooked-at.  For measuring what the check costs; an optimizer never runs so for a user."""
+    opt._backend.check_gradients = lambda grads, limit, refuse=None, reading=None: None
+    return opt
+
+
 def kernel_seconds(opt, step, reps=3):
     """Median GPU time of a step's dispatches alone (Vulkan timestamps, every launch of the step), or None."""
     ctx = getattr(opt._backend, "ctx", None)
@@ -269,7 +280,7 @@ def torch_step(shapes, mode):
 
 def columns_for(vk):
     """Result columns, keyed by the part of the run that fills them: (key, header)."""
-    return [("numpy", "NumPy twins ms"), ("numba", "fused CPU ms"),
+    return [("numpy", "NumPy twins ms"), ("numba", "fused CPU ms"), (NO_CHECK, "fused CPU without the gradient check ms"),
             ("vulkan", f"{vk['label']} ms" if vk else "Vulkan ms"), ("kernel", "kernel-only ms"),
             ("torch foreach", "torch foreach ms"), ("torch fused", "torch fused ms"),
             ("numba GB/s", "fused CPU GB/s"), ("of triad", "fused CPU / triad"),
@@ -323,7 +334,8 @@ def main(argv=None):
         + ([("numba", False, None, "numba")] if numba else []) \
         + ([("vulkan", True, vk["selector"], "numpy")] if vk else [])
     torch_modes = ("foreach", "fused") if torch_version else ()
-    total = len(args.only) * len(sizes) * len(backends) + len(torch_modes) * len(sizes)
+    unchecked = numba and "AdamW" in args.only     # the no-check column
+    total = len(args.only) * len(sizes) * len(backends) + (len(torch_modes) + unchecked) * len(sizes)
     rows, k = [], 0
     for name in args.only:
         for size in sizes:
@@ -339,6 +351,9 @@ def main(argv=None):
                     opts.pop(key).close()
                     del steps[key]
             if name == "AdamW":
+                if "numba" in steps:
+                    steps[NO_CHECK], opts[NO_CHECK] = optimizer_step(
+                        lambda *a: without_gradient_check(all_cases[name](*a)), shapes_for(size), False, None, "numba")
                 for mode in torch_modes:
                     steps[f"torch {mode}"] = torch_step(shapes_for(size), mode)
             elif "numba" in steps:     # AdamW takes its turns too, so the ratio of the two shares the moments
@@ -380,6 +395,9 @@ def main(argv=None):
               "gradient read); GB/s = B/elt x elements / step time",
               "fused CPU / AdamW's: the fused CPU step over fused AdamW's on the same shapes, AdamW timed in "
               "the same turns as the row's columns",
+              "fused CPU without the gradient check: fused AdamW with its all-or-nothing gradient check stubbed out "
+              "(a benchmark-only stub: the check reads every gradient element, 4 more bytes per element, before "
+              "anything moves; torch has no such pass), timed in the same turns",
               "kernel-only: the Vulkan step's dispatches alone, from GPU timestamps (no copies, no Python)",
               "torch: torch.optim.AdamW(lr=1e-3) on CPU tensors, AdamW rows only"
               + (f" (torch {torch_version})" if torch_version else " (not run)")]

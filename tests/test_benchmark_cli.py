@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,3 +121,33 @@ def test_run_writes_one_valid_table_with_its_csv_and_plot(tmp_path):
     assert [row[:2] for row in table[1:]] == [["AdamW", "1e3"], ["AdamW", mix], ["HL", "1e3"], ["HL", mix]]
     ms = table[0].index("NumPy twins ms")
     assert all(float(row[ms]) > 0 for row in table[1:])
+    if "fused CPU ms" in head:          # AdamW rows also time the fused step without its gradient check
+        unchecked = table[0].index("fused CPU without the gradient check ms")
+        assert [bool(row[unchecked]) for row in table[1:]] == [True, True, False, False]
+        assert all(float(row[unchecked]) > 0 for row in table[1:3])
+
+
+def test_benchmark_step_without_gradient_check_is_the_same_update_unchecked(monkeypatch):
+    """The benchmark's no-check column times the same update with the check stubbed out: the same
+    bits for finite gradients, and a non-finite gradient goes through unlooked-at (a real step
+    refuses it)."""
+    pytest.importorskip("numba")
+    monkeypatch.setenv("HYPEROPT_CPU_KERNELS", "numba")     # the benchmark's fused column
+    from benchmarks.run import without_gradient_check
+    from hyperopt import AdamW
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal(1000).astype(np.float32)
+    checked, unchecked = start.copy(), start.copy()
+    opt = AdamW([checked], lr=1e-2, use_gpu=False)
+    bare = without_gradient_check(AdamW([unchecked], lr=1e-2, use_gpu=False))
+    assert opt.backend == bare.backend == "numba"
+    for _ in range(3):
+        g = rng.standard_normal(1000).astype(np.float32)
+        opt.step(gradients=[g])
+        bare.step(gradients=[g])
+    assert (checked.view(np.uint32) == unchecked.view(np.uint32)).all()
+    g[7] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        opt.step(gradients=[g])
+    bare.step(gradients=[g])
+    assert np.isnan(unchecked[7]) and not np.isnan(checked).any()
