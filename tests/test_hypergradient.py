@@ -125,14 +125,13 @@ def test_direction_kernel(opt_kwargs):
         np.testing.assert_allclose(got["direction"][i], ref["direction"][i], rtol=2e-6)
         np.testing.assert_allclose(got["grad_ema"][i], ref["grad_ema"][i], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(sums, ref_sums, rtol=2e-5)
+    np.testing.assert_array_equal(got["grad_ema"][4], _grad(arrays[4]))           # a fresh EMA is g itself
+    np.testing.assert_array_equal(got["grad_ema"][2], states["grad_ema"][2])      # no gradient: untouched
     for i in active:
         g, ema = _grad(arrays[i]).astype(np.float64), states["grad_ema"][i].astype(np.float64)
         surprise, decay, rate = rows[i, 4:]
         np.testing.assert_allclose(got["grad_ema"][i], decay * ema + rate * g if surprise else ema, rtol=1e-6,
                                    atol=1e-7)
-    np.testing.assert_array_equal(got["grad_ema"][4], _grad(arrays[4]))           # a fresh EMA is g itself
-    np.testing.assert_array_equal(got["grad_ema"][2], states["grad_ema"][2])      # no gradient: untouched
-    for i in active:
         bc1, bc2, eps, amsgrad = (float(x) for x in rows[i, :4])
         m = states["exp_avg"][i].astype(np.float64)
         second = states["max_exp_avg_sq" if amsgrad else "exp_avg_sq"][i].astype(np.float64)
