@@ -332,11 +332,18 @@ class AutoSGM(Optimizer):
             tables[0][i] = front + (nl, lr.lr_init, beta_n, 1 - beta_n)
             tables[1][i] = (2 if nl in (1, 2, 3) else 1, window, p.size, alpha, sign)
         self._check_tables(self._program)
+        nudged = []
         for i in grads:
             if i not in self._param_state:
-                self._begin_state(i, _data(params[i]), self.param_groups[self._group_of[i]], nudge=i in device)
+                nudged += self._begin_state(i, _data(params[i]), self.param_groups[self._group_of[i]],
+                                            nudge=i in device)
         if device:   # upload_params: edits to the arrays between steps are respected on the device too
-            self._backend.run(self._program, device, upload_params=True)
+            try:
+                self._backend.run(self._program, device, upload_params=True)
+            except BaseException:
+                for p, small, old in nudged:     # a failed step leaves the caller's arrays as they were
+                    p[small] = old
+                raise
         for i, (new_p, new_st) in mixed.items():
             _data(params[i])[...] = new_p
             self._param_state[i] = new_st
@@ -364,19 +371,24 @@ class AutoSGM(Optimizer):
                 eps.eps, use_huber, 1 - b_a, huber)
 
     def _begin_state(self, i, p, group, nudge=True):
-        """A parameter's first step: fresh buffers and control record, and upstream's nudge."""
+        """A parameter's first step: fresh buffers and control record, and upstream's nudge; returns
+        what the nudge changed (``_nudge``), so that a step that fails can put it back."""
         for name in self._backend.buffers:              # state may remain from a load or an earlier layout
             self._backend.write(name, i, 0.0)
         self._ctl[CTL_STRIDE * i:CTL_STRIDE * (i + 1)] = 0
-        if nudge:
-            self._nudge(p, group)
+        return self._nudge(p, group) if nudge else []
 
     @staticmethod
     def _nudge(p, group):
+        """Upstream's nudge, in place: values below eps in magnitude move eps up.  Returns
+        ``[(p, mask, old values)]`` of what moved (empty when nothing did)."""
         eps = group["eps_cfg"].eps
         small = np.abs(p) < eps
-        if small.any():                                 # upstream's nudge: exact zeros become eps
-            p[small] += p.dtype.type(eps)
+        if not small.any():
+            return []
+        old = p[small]
+        p[small] += p.dtype.type(eps)
+        return [(p, small, old)]
 
     # ------------------------------------------------------------------ the matrix path (host)
     @staticmethod

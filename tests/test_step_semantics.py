@@ -300,6 +300,35 @@ def test_a_failing_run_moves_no_counter(name, backend, opt_kwargs):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_failing_first_step_leaves_the_parameters_as_they_were(name, backend, opt_kwargs):
+    """A parameter's first step may prepare it on the host (AutoSGM nudges values below eps away
+    from zero); a run that fails undoes that, so the arrays hold what the caller gave, and the
+    retried step gives the bits of a first step that never failed."""
+    arrays = _start()
+    for a in arrays:
+        a.reshape(-1)[:2] = 0.0
+    given = [a.copy() for a in arrays]
+    opt = _make(name, arrays, opt_kwargs)
+    real = opt._backend.run
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("device lost")
+    opt._backend.run = failing
+    with pytest.raises(RuntimeError, match="device lost"):
+        opt.step(gradients=_grad(0))
+    opt._backend.run = real
+    for a, b in zip(arrays, given):
+        np.testing.assert_array_equal(a, b)
+    assert not opt.state
+    opt.step(gradients=_grad(0))
+    ref = [a.copy() for a in given]
+    ref_opt = _make(name, ref, opt_kwargs)
+    ref_opt.step(gradients=_grad(0))
+    for a, b in zip(arrays, ref):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("name", ["HypergradientAdamW", "AutoHypergradientAdamW", "HCNaturalGrad",
                                   "HCNaturalGrad-hash"])
 def test_a_step_that_fails_after_its_first_run_changes_nothing(name, backend, opt_kwargs):
