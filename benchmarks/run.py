@@ -21,8 +21,12 @@ a mix of 200 tensors (3.2M elements, shaped like a small CNN).  Side by side, pe
 Achieved bandwidth: the bytes a step must move (parameter and every state buffer read and written
 once, the gradient read once) over the step time, shown for the fused CPU kernels beside a
 STREAM-like triad (``a = b + s*c``, float32, numba threads) measured in the same run.  Rows are
-timed at different moments, so a ratio between two rows would mix them: every optimizer's row but
-AdamW's also times fused AdamW on the same shapes in its turns, and gives the ratio of the two.  The fused
+timed at different moments, and the machine's speed drifts over seconds, so a ratio between two rows
+would mix them: every optimizer's row but AdamW's also gives its fused step as a multiple of fused
+AdamW's on the same shapes, timed in pairs (an AdamW step, then the optimizer's, back to back; the
+median of the pairs' ratios), so that both steps of a ratio share one moment.  (Torch's columns are
+not paired: its OpenMP threads spin for a while after each step, by libgomp's default wait policy,
+and slow whatever runs right after it.)  The fused
 kernels' first-step cost (compiling into an empty cache, then loading from it) is measured in fresh
 processes.  Writes <out>/benchmark.md (one Markdown table, with command, date, sizes and versions),
 benchmark.csv and benchmark.png.
@@ -54,7 +58,6 @@ SIZES = [10_000, 100_000, 1_000_000, 4_000_000, 16_000_000]
 MIX = "mix200"
 MAX_ELEMENTS = 2_000_000_000
 PARTS = ("numpy", "numba", "vulkan", "torch", "triad", "first-step")
-ADAMW_TURNS = "AdamW, fused"      # the fused AdamW step timed in every other optimizer's turns
 NO_CHECK = "numba, no check"      # fused AdamW without its gradient check (AdamW rows)
 
 
@@ -173,6 +176,24 @@ def time_steps(steps: dict, budget_s, rounds=3, min_reps=3, max_reps=200, warmup
     return {key: statistics.median(t) for key, t in times.items()}
 
 
+def paired_ratio(step, reference, budget_s, min_pairs=5, max_pairs=200, warmup=2) -> float:
+    """Median over pairs of ``step()``'s time over ``reference()``'s, the two run back to back in
+    each pair (reference first), for ``budget_s`` (at least ``min_pairs`` pairs) after ``warmup``
+    pairs.  A pair takes milliseconds, so both of its steps see the machine at one speed, which
+    steps timed seconds apart do not on a shared VM whose speed drifts."""
+    for _ in range(warmup):
+        reference()
+        step()
+    ratios, end = [], time.perf_counter() + budget_s
+    while len(ratios) < min_pairs or (len(ratios) < max_pairs and time.perf_counter() < end):
+        t0 = time.perf_counter()
+        reference()
+        t1 = time.perf_counter()
+        step()
+        ratios.append((time.perf_counter() - t1) / (t1 - t0))
+    return statistics.median(ratios)
+
+
 def optimizer_step(factory, shapes, use_gpu, device, cpu_kernels="numpy"):
     """(step, optimizer) of one optimizer on one set of float32 shapes, fixed gradients."""
     rng = np.random.default_rng(0)
@@ -284,7 +305,7 @@ def columns_for(vk):
             ("vulkan", f"{vk['label']} ms" if vk else "Vulkan ms"), ("kernel", "kernel-only ms"),
             ("torch foreach", "torch foreach ms"), ("torch fused", "torch fused ms"),
             ("numba GB/s", "fused CPU GB/s"), ("of triad", "fused CPU / triad"),
-            ("of AdamW", "fused CPU / AdamW's, same turns"), ("kernel GB/s", "kernel-only GB/s")]
+            ("of AdamW", "fused CPU / AdamW's, paired"), ("kernel GB/s", "kernel-only GB/s")]
 
 
 def main(argv=None):
@@ -335,7 +356,8 @@ def main(argv=None):
         + ([("vulkan", True, vk["selector"], "numpy")] if vk else [])
     torch_modes = ("foreach", "fused") if torch_version else ()
     unchecked = numba and "AdamW" in args.only     # the no-check column
-    total = len(args.only) * len(sizes) * len(backends) + (len(torch_modes) + unchecked) * len(sizes)
+    paired = len(args.only) - ("AdamW" in args.only) if numba else 0     # rows with a ratio to AdamW
+    total = (len(args.only) * len(backends) + len(torch_modes) + unchecked + paired) * len(sizes)
     rows, k = [], 0
     for name in args.only:
         for size in sizes:
@@ -356,20 +378,20 @@ def main(argv=None):
                         lambda *a: without_gradient_check(all_cases[name](*a)), shapes_for(size), False, None, "numba")
                 for mode in torch_modes:
                     steps[f"torch {mode}"] = torch_step(shapes_for(size), mode)
-            elif "numba" in steps:     # AdamW takes its turns too, so the ratio of the two shares the moments
-                steps[ADAMW_TURNS], opts[ADAMW_TURNS] = optimizer_step(all_cases["AdamW"], shapes_for(size), False,
-                                                                      None, "numba")
             try:
                 seconds = time_steps(steps, args.budget)
-                adamw = seconds.pop(ADAMW_TURNS, None)
                 for key, value in seconds.items():
                     k += 1
                     row[key] = value * 1e3
                     print(f"[{k:3d}/{total}] {name:24s} {label(size):>20s} {key:13s} {value * 1e3:10.3f} ms", flush=True)
                     if key in opts:
                         row["B/elt"] = 4 * (3 + 2 * len(opts[key]._backend.buffers))
-                if adamw:
-                    row["of AdamW"] = f"{seconds['numba'] / adamw:.2f}x"
+                if name != "AdamW" and "numba" in steps:
+                    adamw, opts["AdamW"] = optimizer_step(all_cases["AdamW"], shapes_for(size), False, None, "numba")
+                    ratio = paired_ratio(steps["numba"], adamw, args.budget)
+                    row["of AdamW"] = f"{ratio:.2f}x"
+                    k += 1
+                    print(f"[{k:3d}/{total}] {name:24s} {label(size):>20s} {'/ AdamW':13s} {ratio:10.2f}x", flush=True)
                 if "numba" in row:
                     row["numba GB/s"] = row["B/elt"] * n / (row["numba"] / 1e3) / 1e9
                     if triad:
@@ -393,8 +415,9 @@ def main(argv=None):
               "the columns of a row take turns (3 rounds each), so they share the machine's moments",
               "B/elt: bytes a step must move per element (parameter and each state buffer read and written, "
               "gradient read); GB/s = B/elt x elements / step time",
-              "fused CPU / AdamW's: the fused CPU step over fused AdamW's on the same shapes, AdamW timed in "
-              "the same turns as the row's columns",
+              "fused CPU / AdamW's, paired: the fused CPU step over fused AdamW's on the same shapes, the two "
+              "timed back to back in pairs for the cell's budget (median of the pairs' ratios), so that each "
+              "ratio's two steps share the machine's moment",
               "fused CPU without the gradient check: fused AdamW with its all-or-nothing gradient check stubbed out "
               "(a benchmark-only stub: the check reads every gradient element, 4 more bytes per element, before "
               "anything moves; torch has no such pass), timed in the same turns",

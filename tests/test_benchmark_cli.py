@@ -125,6 +125,29 @@ def test_run_writes_one_valid_table_with_its_csv_and_plot(tmp_path):
         unchecked = table[0].index("fused CPU without the gradient check ms")
         assert [bool(row[unchecked]) for row in table[1:]] == [True, True, False, False]
         assert all(float(row[unchecked]) > 0 for row in table[1:3])
+        paired = table[0].index("fused CPU / AdamW's, paired")     # the other rows: a multiple of AdamW
+        assert [row[paired] for row in table[1:3]] == ["", ""]
+        assert all(row[paired].endswith("x") and float(row[paired][:-1]) > 0 for row in table[3:])
+
+
+def test_paired_ratio_times_each_step_against_the_reference_run_just_before_it(monkeypatch):
+    """``paired_ratio`` gives the median of step/reference over back-to-back pairs: on a clock that
+    only the two steps move, a step taking 3 ticks (5 in one pair) after a reference of 1 is 3x."""
+    import benchmarks.run as run
+    clock = [0.0]
+    monkeypatch.setattr(run.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def reference():
+        calls.append("reference")
+        clock[0] += 1.0
+
+    def step():
+        calls.append("step")
+        clock[0] += 5.0 if len(calls) == 8 else 3.0      # one slow pair (the second timed one)
+
+    assert run.paired_ratio(step, reference, budget_s=0.0, min_pairs=5, warmup=2) == 3.0
+    assert calls == ["reference", "step"] * 7            # 2 warm-up pairs, then 5 timed
 
 
 def test_benchmark_step_without_gradient_check_is_the_same_update_unchecked(monkeypatch):
