@@ -45,6 +45,16 @@ def _check_history_size(history_size):
         raise ValueError(f"Invalid history_size: {history_size} (expected None or an integer >= 0)")
 
 
+def _rows_total(sums, rows):
+    """``sums[rows].sum(axis=0)`` (``rows``: sorted parameter indices) with the same additions in the
+    same order, without the gather where the rows are consecutive, as they usually are: a slice, or
+    for one row ``0.0 + row`` (what NumPy's sum of one row adds).  A step's host time at 1e4 elements."""
+    first, last = rows[0], rows[-1]
+    if last - first + 1 != len(rows):
+        return sums[rows].sum(axis=0)
+    return sums[first] + 0.0 if first == last else sums[first:last + 1].sum(axis=0)
+
+
 class _HypergradientBase(AdamW):
     """The machinery both variants share: programs, the two-submit step, group state, histories.
 
@@ -118,7 +128,7 @@ class _HypergradientBase(AdamW):
             uploaded = True
             for gi, idx in members.items():
                 if wants[gi] is not None:
-                    total = sums[idx].sum(axis=0)
+                    total = _rows_total(sums, idx)
                     group = dict(self.param_groups[gi])
                     hyper = {k: v for k, v in self._hyper[gi].items() if not k.endswith("history")}
                     hyper["appended"] = []
@@ -127,7 +137,7 @@ class _HypergradientBase(AdamW):
                     self._adapt(gi, group, hyper, total)
                     staged[gi] = (group, hyper)
             if surprise:
-                observed = self._observe_surprise(sums[sorted(grads)].sum(axis=0))
+                observed = self._observe_surprise(_rows_total(sums, sorted(grads)))
         self._check_staged(staged, observed)
 
         update, direction = self._update.tables

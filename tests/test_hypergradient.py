@@ -432,3 +432,14 @@ def test_trains_an_mlp_on_digits(cls, kw, opt_kwargs):
     opt = make(cls, model.params, opt_kwargs, **kw)
     tasks.train(model, opt, Xtr, ytr, epochs=10)
     assert model.accuracy(Xte, yte) >= 0.94
+
+
+@pytest.mark.parametrize("rows", [[3], [0], [2, 3, 4], [1, 3, 7], list(range(10)), [5], [4, 5, 6]])
+def test_group_totals_are_numpys_sum_of_the_rows_bit_for_bit(rows):
+    """A group's sums are totalled without gathering consecutive rows, with NumPy's additions:
+    the bits of ``sums[rows].sum(axis=0)``, -0.0, infinities and NaN included."""
+    from hyperopt.hypergradient import _rows_total
+    sums = np.random.default_rng(2).standard_normal((10, 4))
+    sums[3, 1], sums[4, 2], sums[5, 0] = -0.0, np.inf, np.nan
+    want = sums[rows].sum(axis=0)
+    assert (_rows_total(sums, rows).view(np.uint64) == want.view(np.uint64)).all()
