@@ -46,9 +46,9 @@ def _check_history_size(history_size):
 
 
 def _rows_total(sums, rows):
-    """``sums[rows].sum(axis=0)`` (``rows``: sorted parameter indices) with the same additions in the
-    same order, without the gather where the rows are consecutive, as they usually are: a slice, or
-    for one row ``0.0 + row`` (what NumPy's sum of one row adds).  A step's host time at 1e4 elements."""
+    """``sums[rows].sum(axis=0)`` (``rows``: sorted parameter indices): the same additions in the
+    same order, without the gather (microseconds a step) where the rows are consecutive, as they
+    usually are: a slice, or for one row ``0.0 + row``, which is what NumPy's sum of one row adds."""
     first, last = rows[0], rows[-1]
     if last - first + 1 != len(rows):
         return sums[rows].sum(axis=0)
