@@ -161,6 +161,12 @@ MUTANTS = [
     ("host-autosgm-nudge-kept", "hyperopt/autosgm.py", "                    p[small] = old\n",
      "                    pass\n", ["tests/test_step_semantics.py", "-k", "failing_first_step"],
      "a failed first AutoSGM step leaves its nudge in the caller's arrays"),
+    ("host-hyper-total-slice-end", "hyperopt/hypergradient.py", "sums[first:last + 1].sum(axis=0)",
+     "sums[first:last].sum(axis=0)", [CPU_ONLY, "tests/test_hypergradient.py", "-k", "group_totals"],
+     "a group's sums leave out its last parameter"),
+    ("host-hyper-total-one-row", "hyperopt/hypergradient.py", "return sums[first] + 0.0 if first == last",
+     "return sums[first].copy() if first == last", [CPU_ONLY, "tests/test_hypergradient.py", "-k", "group_totals"],
+     "a one-parameter group's sums keep a -0.0 that NumPy's sum turns into +0.0"),
     ("host-hyper-sign", "hyperopt/hypergradient.py", 'lr = lr + group["beta_hyper"] * h',
      'lr = lr - group["beta_hyper"] * h', HYPER, "hypergradient step with the wrong sign"),
     ("host-hyper-max-change", "hyperopt/hypergradient.py", "_MAX_LR_CHANGE = 0.1", "_MAX_LR_CHANGE = 0.2",
@@ -207,6 +213,10 @@ MUTANTS = [
      ASGM, "flat top one point longer"),
     ("sched-floor", "hyperopt/schedules.py", "        y *= 1 - self.x\n        y += self.x",
      "        y *= 1 - self.x", ASGM, "window floor x forgotten"),
+    # ---- benchmark
+    ("bench-paired-inverted", "benchmarks/run.py", "ratios.append((time.perf_counter() - t1) / (t1 - t0))",
+     "ratios.append((t1 - t0) / (time.perf_counter() - t1))", [CPU_ONLY, "tests/test_benchmark_cli.py", "-k", "paired"],
+     "the paired multiple of AdamW is AdamW's over the optimizer's"),
     # ---- backend selection and the device path
     ("select-silent-cpu", "hyperopt/backends/__init__.py", "    if use_gpu is False or device == \"cpu\":\n", "    if True:\n", SELECT,
      "use_gpu=True silently runs the CPU path"),
